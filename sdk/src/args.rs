@@ -82,22 +82,42 @@ mod tests {
         let mut svc = service("chat");
         svc.model = Some("/models/q.gguf".into());
         let args = Args::new(&svc)
-            .template(&["-m", "{model}", "--host", "{host}", "--port", "{port}", "--alias", "{name}"])
+            .template(&[
+                "-m", "{model}", "--host", "{host}", "--port", "{port}", "--alias", "{name}",
+            ])
             .option("-c", Some(4096))
             .option("-t", None::<u32>)
             .finish()
             .unwrap();
         assert_eq!(
             args,
-            ["-m", "/models/q.gguf", "--host", "127.0.0.1", "--port", "8000", "--alias", "chat", "-c", "4096"]
+            [
+                "-m",
+                "/models/q.gguf",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8000",
+                "--alias",
+                "chat",
+                "-c",
+                "4096"
+            ]
         );
     }
 
     #[test]
     fn a_missing_model_names_the_model_key_once() {
         let svc = service("chat");
-        let errors = Args::new(&svc).template(&["{model}", "--m={model}"]).finish().unwrap_err();
-        assert_eq!(errors.len(), 2, "two different templates, two messages: {errors:?}");
+        let errors = Args::new(&svc)
+            .template(&["{model}", "--m={model}"])
+            .finish()
+            .unwrap_err();
+        assert_eq!(
+            errors.len(),
+            2,
+            "two different templates, two messages: {errors:?}"
+        );
         assert!(errors.iter().all(|error| error.key == "model"));
     }
 }

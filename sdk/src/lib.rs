@@ -130,8 +130,15 @@ pub fn ready_when_answering(response: &HttpResponse) -> Progress {
 
 /// Gives up with the first diagnosis among `seen` (found earlier in the output) and
 /// the exit's last lines; restarts when there is none.
-pub fn give_up_if_diagnosed(seen: Option<&str>, exit: &Exit, diagnose: impl Fn(&str) -> Option<String>) -> ExitAdvice {
-    match seen.map(str::to_string).or_else(|| exit.last_lines.iter().find_map(|line| diagnose(line))) {
+pub fn give_up_if_diagnosed(
+    seen: Option<&str>,
+    exit: &Exit,
+    diagnose: impl Fn(&str) -> Option<String>,
+) -> ExitAdvice {
+    match seen
+        .map(str::to_string)
+        .or_else(|| exit.last_lines.iter().find_map(|line| diagnose(line)))
+    {
         Some(reason) => ExitAdvice::GiveUp(reason),
         None => ExitAdvice::Restart,
     }
@@ -215,7 +222,12 @@ impl<B: Backend> bindings::exports::nanny::backend::session::GuestSession for Se
         self.backend.borrow_mut().models(&response)
     }
 
-    fn on_exit(&self, code: Option<i32>, signal: Option<i32>, last_lines: Vec<String>) -> ExitAdvice {
+    fn on_exit(
+        &self,
+        code: Option<i32>,
+        signal: Option<i32>,
+        last_lines: Vec<String>,
+    ) -> ExitAdvice {
         let exit = Exit {
             code,
             signal,

@@ -61,7 +61,11 @@ mod tests {
 
     #[test]
     fn refuses_errors_and_garbage() {
-        assert!(openai_models(&json_response(503, "{}")).unwrap_err().contains("503"));
-        assert!(openai_models(&json_response(200, "<html>")).unwrap_err().contains("not an OpenAI model list"));
+        assert!(openai_models(&json_response(503, "{}"))
+            .unwrap_err()
+            .contains("503"));
+        assert!(openai_models(&json_response(200, "<html>"))
+            .unwrap_err()
+            .contains("not an OpenAI model list"));
     }
 }

@@ -54,7 +54,10 @@ impl Backend for Command {
         if let Some(pattern) = settings.text("ready_line") {
             match Regex::new(&pattern) {
                 Ok(regex) => self.ready_line = Some(regex),
-                Err(error) => settings.error("ready_line", format!("is not a valid regular expression: {error}")),
+                Err(error) => settings.error(
+                    "ready_line",
+                    format!("is not a valid regular expression: {error}"),
+                ),
             }
         }
         let words = Args::new(service).template(&command).finish();
@@ -99,9 +102,21 @@ mod tests {
         let mut svc = with_command(&["python3", "-m", "http.server", "{port}", "--bind", "{host}"]);
         svc.args.push("--directory=/srv".into());
         let plan = Command::default().plan(&svc).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "python3");
-        assert_eq!(process.args, ["-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory=/srv"]);
+        assert_eq!(
+            process.args,
+            [
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+                "127.0.0.1",
+                "--directory=/srv"
+            ]
+        );
         assert_eq!(plan.readiness.path, "/health");
         assert_eq!(plan.models_path, "/v1/models");
     }
@@ -109,12 +124,19 @@ mod tests {
     #[test]
     fn ready_line_decides_readiness_from_output() {
         let mut svc = with_command(&["python3", "-m", "http.server", "{port}"]);
-        svc.settings.push(text_setting("ready_line", r"^Serving HTTP on \S+ port \d+"));
+        svc.settings
+            .push(text_setting("ready_line", r"^Serving HTTP on \S+ port \d+"));
         let mut backend = Command::default();
         backend.plan(&svc).unwrap();
-        assert_eq!(backend.on_output(Output::Stderr, "Traceback (most recent call last):"), Progress::Nothing);
         assert_eq!(
-            backend.on_output(Output::Stdout, "Serving HTTP on 0.0.0.0 port 8000 (http://0.0.0.0:8000/) ..."),
+            backend.on_output(Output::Stderr, "Traceback (most recent call last):"),
+            Progress::Nothing
+        );
+        assert_eq!(
+            backend.on_output(
+                Output::Stdout,
+                "Serving HTTP on 0.0.0.0 port 8000 (http://0.0.0.0:8000/) ..."
+            ),
             Progress::Ready
         );
     }

@@ -18,10 +18,16 @@ impl InfiniLmRust {
             return Some(format!("building InfiniLM-Rust failed: {}", line.trim()));
         }
         if line.contains("No such file or directory") || line.contains("NotFound") {
-            return Some(format!("a file is missing (is `{}` right?): {}", self.config, line.trim()));
+            return Some(format!(
+                "a file is missing (is `{}` right?): {}",
+                self.config,
+                line.trim()
+            ));
         }
         if line.contains("out of memory") {
-            return Some("out of device memory: serve a smaller model or lease more devices".into());
+            return Some(
+                "out of device memory: serve a smaller model or lease more devices".into(),
+            );
         }
         None
     }
@@ -30,8 +36,18 @@ impl InfiniLmRust {
 impl Backend for InfiniLmRust {
     fn settings() -> Vec<SettingSpec> {
         vec![
-            setting("config", "The service configuration file passed to `xtask service`.", None, true),
-            setting("program", "The program that runs xtask.", Some(Value::Text("cargo".into())), false),
+            setting(
+                "config",
+                "The service configuration file passed to `xtask service`.",
+                None,
+                true,
+            ),
+            setting(
+                "program",
+                "The program that runs xtask.",
+                Some(Value::Text("cargo".into())),
+                false,
+            ),
         ]
     }
 
@@ -40,7 +56,10 @@ impl Backend for InfiniLmRust {
         let config = settings.required_text("config");
         let program = settings.text_or("program", "cargo");
         if service.work_dir.is_none() {
-            settings.error("work_dir", "set it to the InfiniLM-Rust checkout that `cargo xtask` runs in");
+            settings.error(
+                "work_dir",
+                "set it to the InfiniLM-Rust checkout that `cargo xtask` runs in",
+            );
         }
         settings.finish()?;
         self.config = config.unwrap_or_default();
@@ -60,7 +79,10 @@ impl Backend for InfiniLmRust {
             return Progress::Failed(reason);
         }
         let trimmed = line.trim_start();
-        if ["Compiling ", "Finished ", "Running ", "load "].iter().any(|word| trimmed.starts_with(word)) {
+        if ["Compiling ", "Finished ", "Running ", "load "]
+            .iter()
+            .any(|word| trimmed.starts_with(word))
+        {
             return Progress::Loading(None);
         }
         Progress::Nothing
@@ -85,16 +107,28 @@ mod tests {
     fn configured() -> Service {
         let mut svc = service("rs");
         svc.work_dir = Some("/opt/InfiniLM-Rust".into());
-        svc.settings.push(text_setting("config", "/etc/infinilm/service.toml"));
+        svc.settings
+            .push(text_setting("config", "/etc/infinilm/service.toml"));
         svc
     }
 
     #[test]
     fn runs_xtask_service_with_the_config_in_the_checkout() {
         let plan = InfiniLmRust::default().plan(&configured()).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "cargo");
-        assert_eq!(process.args, ["xtask", "service", "/etc/infinilm/service.toml", "--port", "8000"]);
+        assert_eq!(
+            process.args,
+            [
+                "xtask",
+                "service",
+                "/etc/infinilm/service.toml",
+                "--port",
+                "8000"
+            ]
+        );
         assert_eq!(process.work_dir.as_deref(), Some("/opt/InfiniLM-Rust"));
     }
 
@@ -109,8 +143,27 @@ mod tests {
     fn compiling_is_loading_and_a_failed_build_gives_up() {
         let mut rs = InfiniLmRust::default();
         rs.plan(&configured()).unwrap();
-        assert_eq!(rs.on_output(Output::Stderr, "   Compiling llama v0.0.0 (/opt/InfiniLM-Rust/models/llama)"), Progress::Loading(None));
-        assert!(matches!(rs.on_output(Output::Stderr, "error: could not compile `xtask` (bin \"xtask\") due to 2 previous errors"), Progress::Failed(_)));
-        assert!(matches!(rs.on_exit(&Exit { code: Some(101), signal: None, last_lines: vec![] }), ExitAdvice::GiveUp(_)));
+        assert_eq!(
+            rs.on_output(
+                Output::Stderr,
+                "   Compiling llama v0.0.0 (/opt/InfiniLM-Rust/models/llama)"
+            ),
+            Progress::Loading(None)
+        );
+        assert!(matches!(
+            rs.on_output(
+                Output::Stderr,
+                "error: could not compile `xtask` (bin \"xtask\") due to 2 previous errors"
+            ),
+            Progress::Failed(_)
+        ));
+        assert!(matches!(
+            rs.on_exit(&Exit {
+                code: Some(101),
+                signal: None,
+                last_lines: vec![]
+            }),
+            ExitAdvice::GiveUp(_)
+        ));
     }
 }

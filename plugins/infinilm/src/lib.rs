@@ -16,14 +16,27 @@ impl InfiniLm {
     fn diagnose(&self, line: &str) -> Option<String> {
         // Not a bare "out of memory": the start-up banner says "Try reduce this value
         // if out of memory error occurs".
-        const OUT_OF_MEMORY: [&str; 3] = ["CUDA out of memory", "OutOfMemoryError", "error: out of memory"];
+        const OUT_OF_MEMORY: [&str; 3] = [
+            "CUDA out of memory",
+            "OutOfMemoryError",
+            "error: out of memory",
+        ];
         if OUT_OF_MEMORY.iter().any(|needle| line.contains(needle)) {
-            return Some("out of device memory: lower `max_batch` or `max_tokens`, or lease more devices".into());
+            return Some(
+                "out of device memory: lower `max_batch` or `max_tokens`, or lease more devices"
+                    .into(),
+            );
         }
         if line.contains("FileNotFoundError") || line.contains("No such file or directory") {
-            return Some(format!("model directory `{}` or one of its files is missing: {}", self.model, line.trim()));
+            return Some(format!(
+                "model directory `{}` or one of its files is missing: {}",
+                self.model,
+                line.trim()
+            ));
         }
-        if line.contains("ModuleNotFoundError") || line.contains("libinfinicore_infer") && line.contains("cannot open") {
+        if line.contains("ModuleNotFoundError")
+            || line.contains("libinfinicore_infer") && line.contains("cannot open")
+        {
             return Some(format!("InfiniLM is not installed for this Python (run `xmake install` and check INFINI_ROOT): {}", line.trim()));
         }
         None
@@ -35,12 +48,42 @@ impl Backend for InfiniLm {
         let text = |s: &str| Some(Value::Text(s.into()));
         vec![
             setting("python", "The Python interpreter.", text("python3"), false),
-            setting("script", "The server script, relative to `work_dir` (the InfiniLM checkout).", text("scripts/launch_server.py"), false),
-            setting("device", "The --dev device type; default `nvidia` with a GPU lease, `cpu` without.", None, false),
-            setting("max_batch", "Requests batched together (--max-batch).", None, false),
-            setting("max_tokens", "Longest sequence served (--max-tokens).", None, false),
-            setting("awq", "Load an AWQ-quantised model (--awq).", Some(Value::Boolean(false)), false),
-            setting("port_flag", "The flag that sets the port; empty for scripts that always listen on 8000.", text("--port"), false),
+            setting(
+                "script",
+                "The server script, relative to `work_dir` (the InfiniLM checkout).",
+                text("scripts/launch_server.py"),
+                false,
+            ),
+            setting(
+                "device",
+                "The --dev device type; default `nvidia` with a GPU lease, `cpu` without.",
+                None,
+                false,
+            ),
+            setting(
+                "max_batch",
+                "Requests batched together (--max-batch).",
+                None,
+                false,
+            ),
+            setting(
+                "max_tokens",
+                "Longest sequence served (--max-tokens).",
+                None,
+                false,
+            ),
+            setting(
+                "awq",
+                "Load an AWQ-quantised model (--awq).",
+                Some(Value::Boolean(false)),
+                false,
+            ),
+            setting(
+                "port_flag",
+                "The flag that sets the port; empty for scripts that always listen on 8000.",
+                text("--port"),
+                false,
+            ),
         ]
     }
 
@@ -48,13 +91,23 @@ impl Backend for InfiniLm {
         let settings = Settings::new(&service.settings);
         let python = settings.text_or("python", "python3");
         let script = settings.text_or("script", "scripts/launch_server.py");
-        let device = settings.text("device").unwrap_or_else(|| if service.gpus.is_empty() { "cpu" } else { "nvidia" }.into());
+        let device = settings.text("device").unwrap_or_else(|| {
+            if service.gpus.is_empty() {
+                "cpu"
+            } else {
+                "nvidia"
+            }
+            .into()
+        });
         let max_batch = settings.integer("max_batch");
         let max_tokens = settings.integer("max_tokens");
         let awq = settings.boolean("awq").unwrap_or(false);
         let port_flag = settings.text_or("port_flag", "--port");
         if service.model.is_none() {
-            settings.error("model", "InfiniLM needs a model: the path of the model directory");
+            settings.error(
+                "model",
+                "InfiniLM needs a model: the path of the model directory",
+            );
         }
         settings.finish()?;
         self.model = service.model.clone().unwrap_or_default();
@@ -68,7 +121,9 @@ impl Backend for InfiniLm {
         if awq {
             args = args.literal(&["--awq"]);
         }
-        let args = args.option(&port_flag, (!port_flag.is_empty()).then_some(service.port)).finish()?;
+        let args = args
+            .option(&port_flag, (!port_flag.is_empty()).then_some(service.port))
+            .finish()?;
         let mut plan = process_plan(service, &python, args);
         plan.readiness.path = "/".into();
         plan.liveness = None;
@@ -96,8 +151,17 @@ impl Backend for InfiniLm {
 
     fn models(&mut self, response: &HttpResponse) -> Result<Vec<Model>, String> {
         openai_models(response).or_else(|_| {
-            let id = self.model.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-            Ok(vec![Model { id: id.to_string(), owned_by: Some("infinilm".into()), context_length: None }])
+            let id = self
+                .model
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            Ok(vec![Model {
+                id: id.to_string(),
+                owned_by: Some("infinilm".into()),
+                context_length: None,
+            }])
         })
     }
 
@@ -124,29 +188,58 @@ mod tests {
     #[test]
     fn launches_the_script_on_the_leased_devices() {
         let plan = InfiniLm::default().plan(&jiuge()).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "python3");
         assert_eq!(process.work_dir.as_deref(), Some("/opt/InfiniLM"));
         assert_eq!(
             process.args,
-            ["scripts/launch_server.py", "--model-path", "/models/9G7B_MHA/", "--dev", "nvidia", "--ndev", "2", "--port", "8000"]
+            [
+                "scripts/launch_server.py",
+                "--model-path",
+                "/models/9G7B_MHA/",
+                "--dev",
+                "nvidia",
+                "--ndev",
+                "2",
+                "--port",
+                "8000"
+            ]
         );
     }
 
     #[test]
     fn ready_once_uvicorn_runs() {
         let mut lm = InfiniLm::default();
-        assert_eq!(lm.on_output(Output::Stdout, "Using MAX_BATCH=3. Try reduce this value if out of memory error occurs."), Progress::Loading(None));
-        assert_eq!(lm.on_output(Output::Stderr, "INFO:     Application startup complete."), Progress::Ready);
-        assert!(matches!(lm.on_output(Output::Stderr, "RuntimeError: CUDA error: out of memory"), Progress::Failed(_)));
-        assert_eq!(lm.on_probe(&json_response(405, r#"{"detail":"Method Not Allowed"}"#)), Progress::Ready);
+        assert_eq!(
+            lm.on_output(
+                Output::Stdout,
+                "Using MAX_BATCH=3. Try reduce this value if out of memory error occurs."
+            ),
+            Progress::Loading(None)
+        );
+        assert_eq!(
+            lm.on_output(Output::Stderr, "INFO:     Application startup complete."),
+            Progress::Ready
+        );
+        assert!(matches!(
+            lm.on_output(Output::Stderr, "RuntimeError: CUDA error: out of memory"),
+            Progress::Failed(_)
+        ));
+        assert_eq!(
+            lm.on_probe(&json_response(405, r#"{"detail":"Method Not Allowed"}"#)),
+            Progress::Ready
+        );
     }
 
     #[test]
     fn the_model_list_falls_back_to_the_model_directory() {
         let mut lm = InfiniLm::default();
         lm.plan(&jiuge()).unwrap();
-        let models = lm.models(&json_response(404, r#"{"detail":"Not Found"}"#)).unwrap();
+        let models = lm
+            .models(&json_response(404, r#"{"detail":"Not Found"}"#))
+            .unwrap();
         assert_eq!(models[0].id, "9G7B_MHA");
     }
 
@@ -155,8 +248,17 @@ mod tests {
         let mut lm = InfiniLm::default();
         lm.plan(&jiuge()).unwrap();
         let line = "FileNotFoundError: [Errno 2] No such file or directory: '/models/9G7B_MHA/config.json'";
-        assert!(matches!(lm.on_output(Output::Stderr, line), Progress::Failed(_)));
-        let exit = Exit { code: Some(1), signal: None, last_lines: vec![] };
-        assert!(matches!(lm.on_exit(&exit), ExitAdvice::GiveUp(reason) if reason.contains("/models/9G7B_MHA/")));
+        assert!(matches!(
+            lm.on_output(Output::Stderr, line),
+            Progress::Failed(_)
+        ));
+        let exit = Exit {
+            code: Some(1),
+            signal: None,
+            last_lines: vec![],
+        };
+        assert!(
+            matches!(lm.on_exit(&exit), ExitAdvice::GiveUp(reason) if reason.contains("/models/9G7B_MHA/"))
+        );
     }
 }

@@ -14,8 +14,15 @@ struct LlamaCpp {
 
 impl LlamaCpp {
     fn diagnose(&self, line: &str) -> Option<String> {
-        if line.contains("failed to load model") || line.contains("error loading model") || line.contains("failed to open GGUF file") {
-            return Some(format!("failed to load model `{}`: {}", self.model, line.trim()));
+        if line.contains("failed to load model")
+            || line.contains("error loading model")
+            || line.contains("failed to open GGUF file")
+        {
+            return Some(format!(
+                "failed to load model `{}`: {}",
+                self.model,
+                line.trim()
+            ));
         }
         if line.contains("out of memory") || line.contains("unable to allocate") {
             return Some(format!(
@@ -31,15 +38,30 @@ impl LlamaCpp {
 impl Backend for LlamaCpp {
     fn settings() -> Vec<SettingSpec> {
         vec![
-            setting("program", "The llama-server binary.", Some(Value::Text("llama-server".into())), false),
+            setting(
+                "program",
+                "The llama-server binary.",
+                Some(Value::Text("llama-server".into())),
+                false,
+            ),
             setting(
                 "gpu_layers",
                 "Layers to offload (-ngl); default: all of them with a GPU lease, none without.",
                 None,
                 false,
             ),
-            setting("ctx_size", "The context size (-c); default: the model's.", None, false),
-            setting("alias", "The model id clients ask for (default: the file name).", None, false),
+            setting(
+                "ctx_size",
+                "The context size (-c); default: the model's.",
+                None,
+                false,
+            ),
+            setting(
+                "alias",
+                "The model id clients ask for (default: the file name).",
+                None,
+                false,
+            ),
         ]
     }
 
@@ -51,7 +73,10 @@ impl Backend for LlamaCpp {
         let ctx_size = settings.integer("ctx_size");
         let alias = settings.text("alias");
         if service.model.is_none() {
-            settings.error("model", "llama-server needs a model: the path of a .gguf file");
+            settings.error(
+                "model",
+                "llama-server needs a model: the path of a .gguf file",
+            );
         }
         settings.finish()?;
         self.model = service.model.clone().unwrap_or_default();
@@ -72,7 +97,12 @@ impl Backend for LlamaCpp {
         if line.contains("server is listening on") && line.contains("starting the main loop") {
             return Progress::Ready;
         }
-        let signs_of_life = ["loading model", "llama_model_loader:", "load_tensors:", "llama_context:"];
+        let signs_of_life = [
+            "loading model",
+            "llama_model_loader:",
+            "load_tensors:",
+            "llama_context:",
+        ];
         if signs_of_life.iter().any(|sign| line.contains(sign)) {
             return Progress::Loading(None);
         }
@@ -106,14 +136,28 @@ mod tests {
     }
 
     fn args_of(plan: Plan) -> Vec<String> {
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         process.args
     }
 
     #[test]
     fn gpu_layers_follow_the_lease() {
         let cpu = args_of(LlamaCpp::default().plan(&tiny()).unwrap());
-        assert_eq!(cpu, ["-m", "/models/tiny.gguf", "--host", "127.0.0.1", "--port", "8000", "-ngl", "0"]);
+        assert_eq!(
+            cpu,
+            [
+                "-m",
+                "/models/tiny.gguf",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8000",
+                "-ngl",
+                "0"
+            ]
+        );
         let mut svc = tiny();
         svc.gpus = gpus(1);
         let gpu = args_of(LlamaCpp::default().plan(&svc).unwrap());
@@ -140,9 +184,16 @@ mod tests {
     #[test]
     fn health_503_is_loading_200_is_ready() {
         let mut llama = LlamaCpp::default();
-        let loading = r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#;
-        assert_eq!(llama.on_probe(&json_response(503, loading)), Progress::Loading(None));
-        assert_eq!(llama.on_probe(&json_response(200, r#"{"status":"ok"}"#)), Progress::Ready);
+        let loading =
+            r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#;
+        assert_eq!(
+            llama.on_probe(&json_response(503, loading)),
+            Progress::Loading(None)
+        );
+        assert_eq!(
+            llama.on_probe(&json_response(200, r#"{"status":"ok"}"#)),
+            Progress::Ready
+        );
     }
 
     #[test]
@@ -158,8 +209,20 @@ mod tests {
                 "main: exiting due to model loading error".into(),
             ],
         };
-        let ExitAdvice::GiveUp(reason) = llama.on_exit(&exit) else { panic!("restarted a hopeless model") };
-        assert!(reason.starts_with("failed to load model `/models/tiny.gguf`"), "{reason}");
-        assert_eq!(LlamaCpp::default().on_exit(&Exit { code: None, signal: Some(9), last_lines: vec![] }), ExitAdvice::Restart);
+        let ExitAdvice::GiveUp(reason) = llama.on_exit(&exit) else {
+            panic!("restarted a hopeless model")
+        };
+        assert!(
+            reason.starts_with("failed to load model `/models/tiny.gguf`"),
+            "{reason}"
+        );
+        assert_eq!(
+            LlamaCpp::default().on_exit(&Exit {
+                code: None,
+                signal: Some(9),
+                last_lines: vec![]
+            }),
+            ExitAdvice::Restart
+        );
     }
 }

@@ -35,11 +35,14 @@ impl Backend for Mock {
             settings.error("startup_delay_ms", "must not be negative");
         }
         settings.finish()?;
-        let mut args = Args::new(service).template(&["mock-backend", "--host", "{host}", "--port", "{port}"]);
+        let mut args =
+            Args::new(service).template(&["mock-backend", "--host", "{host}", "--port", "{port}"]);
         for model in &models {
             args = args.literal(&["--model", model]);
         }
-        let args = args.option("--startup-delay-ms", (delay > 0).then_some(delay)).finish()?;
+        let args = args
+            .option("--startup-delay-ms", (delay > 0).then_some(delay))
+            .finish()?;
         let mut plan = process_plan(service, "nanny", args);
         plan.grace_ms = Some(2_000);
         Ok(plan)
@@ -71,21 +74,42 @@ mod tests {
             value: Value::List(vec!["a".into(), "b".into()]),
         });
         let plan = Mock.plan(&svc).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "nanny");
         assert_eq!(
             process.args,
-            ["mock-backend", "--host", "127.0.0.1", "--port", "8000", "--model", "a", "--model", "b"]
+            [
+                "mock-backend",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8000",
+                "--model",
+                "a",
+                "--model",
+                "b"
+            ]
         );
     }
 
     #[test]
     fn reads_loading_and_ready_lines() {
-        assert_eq!(Mock.on_output(Output::Stdout, "mock-backend loading 40%"), Progress::Loading(Some(40)));
         assert_eq!(
-            Mock.on_output(Output::Stdout, "mock-backend listening on http://127.0.0.1:8000"),
+            Mock.on_output(Output::Stdout, "mock-backend loading 40%"),
+            Progress::Loading(Some(40))
+        );
+        assert_eq!(
+            Mock.on_output(
+                Output::Stdout,
+                "mock-backend listening on http://127.0.0.1:8000"
+            ),
             Progress::Ready
         );
-        assert_eq!(Mock.on_output(Output::Stderr, "GET /health 200"), Progress::Nothing);
+        assert_eq!(
+            Mock.on_output(Output::Stderr, "GET /health 200"),
+            Progress::Nothing
+        );
     }
 }

@@ -65,10 +65,20 @@ impl Backend for Vllm {
         let launcher = settings.text_or("launcher", "vllm");
         let python = settings.text_or("python", "python3");
         let served_name = settings.text("served_model_name");
-        let utilization = match service.settings.iter().find(|s| s.key == "gpu_memory_utilization") {
-            Some(Setting { value: Value::Float(share), .. }) if (0.0..=1.0).contains(share) => Some(share.to_string()),
+        let utilization = match service
+            .settings
+            .iter()
+            .find(|s| s.key == "gpu_memory_utilization")
+        {
+            Some(Setting {
+                value: Value::Float(share),
+                ..
+            }) if (0.0..=1.0).contains(share) => Some(share.to_string()),
             Some(_) => {
-                settings.error("gpu_memory_utilization", "must be a number between 0 and 1, e.g. 0.9");
+                settings.error(
+                    "gpu_memory_utilization",
+                    "must be a number between 0 and 1, e.g. 0.9",
+                );
                 None
             }
             None => None,
@@ -76,9 +86,20 @@ impl Backend for Vllm {
         let max_len = settings.integer("max_model_len");
         let (program, prefix): (&str, &[&str]) = match launcher.as_str() {
             "vllm" => ("vllm", &["serve", "{model}"]),
-            "python" => (&python, &["-m", "vllm.entrypoints.openai.api_server", "--model", "{model}"]),
+            "python" => (
+                &python,
+                &[
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    "{model}",
+                ],
+            ),
             other => {
-                settings.error("launcher", format!("`{other}` is neither `vllm` nor `python`"));
+                settings.error(
+                    "launcher",
+                    format!("`{other}` is neither `vllm` nor `python`"),
+                );
                 ("vllm", &["serve", "{model}"])
             }
         };
@@ -110,10 +131,20 @@ impl Backend for Vllm {
         }
         // "Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"
         if let Some(rest) = line.split("checkpoint shards:").nth(1) {
-            let percent = rest.trim_start().split('%').next().and_then(|p| p.trim().parse().ok());
+            let percent = rest
+                .trim_start()
+                .split('%')
+                .next()
+                .and_then(|p| p.trim().parse().ok());
             return Progress::Loading(percent);
         }
-        let signs_of_life = ["Loading weights", "Model loading took", "Capturing CUDA graph", "Starting vLLM", "Initializing"];
+        let signs_of_life = [
+            "Loading weights",
+            "Model loading took",
+            "Capturing CUDA graph",
+            "Starting vLLM",
+            "Initializing",
+        ];
         if signs_of_life.iter().any(|sign| line.contains(sign)) {
             return Progress::Loading(None);
         }
@@ -149,25 +180,49 @@ mod tests {
     #[test]
     fn tensor_parallel_follows_the_lease() {
         let plan = Vllm::default().plan(&qwen_on(4)).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "vllm");
         assert_eq!(
             process.args,
-            ["serve", "Qwen/Qwen2.5-7B-Instruct", "--host", "127.0.0.1", "--port", "8000", "--tensor-parallel-size", "4"]
+            [
+                "serve",
+                "Qwen/Qwen2.5-7B-Instruct",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8000",
+                "--tensor-parallel-size",
+                "4"
+            ]
         );
         let plan = Vllm::default().plan(&qwen_on(1)).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert!(!process.args.contains(&"--tensor-parallel-size".to_string()));
     }
 
     #[test]
     fn the_python_launcher_runs_the_api_server_module() {
         let mut svc = qwen_on(1);
-        svc.settings.push(nanny_sdk::testing::text_setting("launcher", "python"));
+        svc.settings
+            .push(nanny_sdk::testing::text_setting("launcher", "python"));
         let plan = Vllm::default().plan(&svc).unwrap();
-        let Launch::Process(process) = plan.launch else { panic!("not a process") };
+        let Launch::Process(process) = plan.launch else {
+            panic!("not a process")
+        };
         assert_eq!(process.program, "python3");
-        assert_eq!(&process.args[..4], ["-m", "vllm.entrypoints.openai.api_server", "--model", "Qwen/Qwen2.5-7B-Instruct"]);
+        assert_eq!(
+            &process.args[..4],
+            [
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                "Qwen/Qwen2.5-7B-Instruct"
+            ]
+        );
     }
 
     #[test]
@@ -180,7 +235,10 @@ mod tests {
     fn health_alone_is_not_ready_the_model_list_is() {
         let mut vllm = Vllm::default();
         assert_eq!(vllm.on_probe(&json_response(200, "")), Progress::Nothing);
-        assert_eq!(vllm.on_probe(&json_response(200, r#"{"object":"list","data":[]}"#)), Progress::Nothing);
+        assert_eq!(
+            vllm.on_probe(&json_response(200, r#"{"object":"list","data":[]}"#)),
+            Progress::Nothing
+        );
         let listed = r#"{"object":"list","data":[{"id":"Qwen/Qwen2.5-7B-Instruct","object":"model","owned_by":"vllm","max_model_len":32768}]}"#;
         assert_eq!(vllm.on_probe(&json_response(200, listed)), Progress::Ready);
     }
@@ -196,7 +254,10 @@ mod tests {
             vllm.on_output(Output::Stdout, "INFO 11-20 10:00:05 [gpu_model_runner.py:1329] Model loading took 14.9889 GiB and 5.403107 seconds"),
             Progress::Loading(None)
         );
-        assert_eq!(vllm.on_output(Output::Stdout, "INFO:     Application startup complete."), Progress::Nothing);
+        assert_eq!(
+            vllm.on_output(Output::Stdout, "INFO:     Application startup complete."),
+            Progress::Nothing
+        );
     }
 
     #[test]
@@ -204,9 +265,17 @@ mod tests {
         let mut vllm = Vllm::default();
         vllm.plan(&qwen_on(1)).unwrap();
         let line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a total capacity of 23.55 GiB of which 100.06 MiB is free.";
-        assert!(matches!(vllm.on_output(Output::Stderr, line), Progress::Failed(reason) if reason.contains("out of memory")));
-        let exit = Exit { code: Some(1), signal: None, last_lines: vec![] };
-        assert!(matches!(vllm.on_exit(&exit), ExitAdvice::GiveUp(reason) if reason.contains("gpu-memory-utilization")));
+        assert!(
+            matches!(vllm.on_output(Output::Stderr, line), Progress::Failed(reason) if reason.contains("out of memory"))
+        );
+        let exit = Exit {
+            code: Some(1),
+            signal: None,
+            last_lines: vec![],
+        };
+        assert!(
+            matches!(vllm.on_exit(&exit), ExitAdvice::GiveUp(reason) if reason.contains("gpu-memory-utilization"))
+        );
     }
 
     #[test]
@@ -220,14 +289,19 @@ mod tests {
             signal: None,
             last_lines: vec![
                 "Traceback (most recent call last):".into(),
-                "ValueError: Invalid repository ID or local directory specified: '/models/nope'.".into(),
+                "ValueError: Invalid repository ID or local directory specified: '/models/nope'."
+                    .into(),
             ],
         };
         assert_eq!(
             vllm.on_exit(&exit),
             ExitAdvice::GiveUp("model `/models/nope` not found: check the path or the hub id (and HF_TOKEN for gated models)".into())
         );
-        let crash = Exit { code: None, signal: Some(11), last_lines: vec!["Segmentation fault".into()] };
+        let crash = Exit {
+            code: None,
+            signal: Some(11),
+            last_lines: vec!["Segmentation fault".into()],
+        };
         assert_eq!(Vllm::default().on_exit(&crash), ExitAdvice::Restart);
     }
 }

@@ -1,0 +1,126 @@
+//! `nanny plugins list` and `nanny plugins inspect NAME`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::PluginsAction;
+use crate::paths;
+use crate::plugin::{Catalog, Limits, PluginEngine, PluginInfo};
+
+pub fn run(action: PluginsAction, json: bool) -> anyhow::Result<ExitCode> {
+    let cache = paths::component_cache(&paths::default_state_dir());
+    let engine = PluginEngine::new(Limits::default(), Some(cache))
+        .map_err(|error| anyhow::anyhow!("{error:#}"))
+        .context("starting the plugin engine")?;
+    let catalog = Catalog::load(&engine, &paths::env_plugin_dirs());
+    for problem in catalog.problems() {
+        eprintln!("warning: {problem}");
+    }
+    let infos: Vec<&PluginInfo> = catalog.plugins().map(|plugin| &plugin.info).collect();
+    match action {
+        PluginsAction::List if json => println!("{}", serde_json::to_string_pretty(&infos)?),
+        PluginsAction::List => print!("{}", list_table(&infos)),
+        PluginsAction::Inspect { name } => {
+            let Some(plugin) = catalog.get(&name) else {
+                eprintln!("error: no plugin named `{name}`; `nanny plugins list` shows the ones there are");
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plugin.info)?);
+            } else {
+                print!("{}", inspect_text(&plugin.info));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_table(infos: &[&PluginInfo]) -> String {
+    let rows: Vec<[String; 5]> = infos
+        .iter()
+        .map(|info| {
+            [
+                info.name.clone(),
+                info.version.clone(),
+                info.source.to_string(),
+                info.wit_version.clone(),
+                info.summary.clone(),
+            ]
+        })
+        .collect();
+    table(["NAME", "VERSION", "SOURCE", "WIT", "SUMMARY"], &rows)
+}
+
+fn inspect_text(info: &PluginInfo) -> String {
+    let mut out = format!(
+        "name:     {}\nversion:  {}\nsource:   {}\nwit:      nanny:backend@{}\nsummary:  {}\n\nsettings:\n",
+        info.name, info.version, info.source, info.wit_version, info.summary
+    );
+    let rows: Vec<[String; 4]> = info
+        .settings
+        .iter()
+        .map(|setting| {
+            let default = setting
+                .default
+                .as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string);
+            let required = if setting.required { "yes" } else { "no" };
+            [
+                setting.key.clone(),
+                required.to_string(),
+                default,
+                setting.help.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        out.push_str(&table(["KEY", "REQUIRED", "DEFAULT", "HELP"], &rows));
+    }
+    out
+}
+
+/// Left-aligned columns, the last one unpadded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        for (column, cell) in cells.iter().enumerate() {
+            if column + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        out.push('\n');
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn pads_every_column_but_the_last() {
+        let rows = [
+            ["vllm".to_string(), "x".to_string()],
+            ["llama-cpp".to_string(), "y".to_string()],
+        ];
+        assert_eq!(
+            table(["NAME", "S"], &rows),
+            "NAME       S\nvllm       x\nllama-cpp  y\n"
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! Which plugins exist: the builtins embedded in the binary, then `.wasm` files in
+//! the plugin directories. A file overrides a builtin of the same name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::component::Component;
+use wasmtime::Store;
+
+use super::bindings::{self, BackendPre, WIT_VERSION};
+use super::engine::PluginEngine;
+use super::error::PluginError;
+use super::reply::{check_reply, classify};
+use super::sandbox::StoreState;
+
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    Builtin,
+    File(PathBuf),
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Builtin => f.write_str("builtin"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for PluginSource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What a plugin says about itself, plus where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub summary: String,
+    pub source: PluginSource,
+    pub wit_version: String,
+    pub settings: Vec<SettingInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingInfo {
+    pub key: String,
+    pub help: String,
+    pub default: Option<serde_json::Value>,
+    pub required: bool,
+}
+
+/// A loaded plugin, ready to be instantiated once per service.
+pub struct Plugin {
+    pub info: PluginInfo,
+    pub(super) pre: BackendPre<StoreState>,
+    pub(super) engine: Arc<PluginEngine>,
+}
+
+impl Plugin {
+    /// Compiles (or loads from the cache) `wasm`, checks its WIT version and asks it
+    /// to describe itself.
+    pub fn load(
+        engine: &Arc<PluginEngine>,
+        source: PluginSource,
+        wasm: &[u8],
+    ) -> Result<Self, PluginError> {
+        let origin = source.to_string();
+        let component =
+            engine
+                .cache
+                .load(&engine.engine, wasm)
+                .map_err(|error| PluginError::Compile {
+                    origin: origin.clone(),
+                    message: format!("{error:#}"),
+                })?;
+        let wit_version =
+            wit_version(&engine.engine, &component).ok_or_else(|| PluginError::NotABackend {
+                origin: origin.clone(),
+            })?;
+        if !speaks(&wit_version) {
+            return Err(PluginError::IncompatibleWit {
+                origin,
+                found: wit_version,
+                supported: WIT_VERSION.into(),
+            });
+        }
+        let instantiate_error = |error: wasmtime::Error| PluginError::Instantiate {
+            plugin: origin.clone(),
+            message: format!("{error:#}"),
+        };
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(instantiate_error)?;
+        let pre = BackendPre::new(pre).map_err(instantiate_error)?;
+
+        let mut store = new_store(engine, &origin, "");
+        let backend = pre.instantiate(&mut store).map_err(instantiate_error)?;
+        let described = backend.call_describe(&mut store);
+        let described = described.map_err(|error| classify(&origin, "describe", error, &store))?;
+        check_reply(&origin, "describe", &described, engine.limits.reply_bytes)?;
+        if !crate::names::is_valid(&described.name) {
+            return Err(PluginError::BadName {
+                plugin: origin,
+                name: described.name,
+            });
+        }
+        Ok(Self {
+            info: PluginInfo {
+                name: described.name,
+                version: described.version,
+                summary: described.summary,
+                source,
+                wit_version,
+                settings: described
+                    .settings
+                    .into_iter()
+                    .map(SettingInfo::from)
+                    .collect(),
+            },
+            pre,
+            engine: engine.clone(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+}
+
+/// A store with the sandbox's limits, its deadline armed for the first call.
+pub(super) fn new_store(engine: &PluginEngine, plugin: &str, service: &str) -> Store<StoreState> {
+    let mut store = Store::new(
+        &engine.engine,
+        StoreState::new(
+            plugin,
+            service,
+            engine.limits.memory_bytes,
+            engine.limits.call_deadline,
+        ),
+    );
+    store.limiter(|state| &mut state.memory);
+    store.set_epoch_deadline(engine.limits.deadline_ticks());
+    store
+}
+
+/// The version of the `nanny:backend` package the component exports.
+fn wit_version(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let mut exports = ty.exports(engine);
+    exports.find_map(|(name, _)| {
+        let (package, version) = name.strip_prefix("nanny:backend/")?.split_once('@')?;
+        (package == "session").then(|| version.to_string())
+    })
+}
+
+/// Within a minor series only imports are added, so any 0.1.x plugin whose patch is
+/// not newer than ours links; anything else does not.
+fn speaks(version: &str) -> bool {
+    let ours: Vec<u64> = WIT_VERSION
+        .split('.')
+        .filter_map(|part| part.parse().ok())
+        .collect();
+    let theirs: Vec<u64> = version
+        .split('.')
+        .filter_map(|part| part.parse().ok())
+        .collect();
+    theirs.len() == 3 && theirs[..2] == ours[..2] && theirs[2] <= ours[2]
+}
+
+impl From<bindings::nanny::backend::types::SettingSpec> for SettingInfo {
+    fn from(spec: bindings::nanny::backend::types::SettingSpec) -> Self {
+        use bindings::nanny::backend::types::Value;
+        let default = spec.default.map(|value| match value {
+            Value::Text(text) => serde_json::Value::from(text),
+            Value::Integer(number) => serde_json::Value::from(number),
+            Value::Float(number) => serde_json::Value::from(number),
+            Value::Boolean(flag) => serde_json::Value::from(flag),
+            Value::List(items) => serde_json::Value::from(items),
+        });
+        Self {
+            key: spec.key,
+            help: spec.help,
+            default,
+            required: spec.required,
+        }
+    }
+}
+
+/// Every plugin this daemon can use, and what went wrong loading the others.
+pub struct Catalog {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    problems: Vec<PluginError>,
+}
+
+impl Catalog {
+    /// Loads the builtins, then every `*.wasm` in `plugin_dirs` (in order; the first
+    /// file of a name wins over later ones, any file over a builtin). A broken file
+    /// is recorded as a problem and skipped: it never stops the others.
+    pub fn load(engine: &Arc<PluginEngine>, plugin_dirs: &[PathBuf]) -> Self {
+        let mut catalog = Self {
+            plugins: BTreeMap::new(),
+            problems: Vec::new(),
+        };
+        for (_, wasm) in BUILTIN_PLUGINS {
+            match Plugin::load(engine, PluginSource::Builtin, wasm) {
+                Ok(plugin) => {
+                    catalog
+                        .plugins
+                        .insert(plugin.name().to_string(), Arc::new(plugin));
+                }
+                Err(problem) => catalog.problems.push(problem),
+            }
+        }
+        let mut from_files = BTreeMap::new();
+        for path in plugin_dirs.iter().flat_map(|dir| wasm_files(dir)) {
+            let loaded = std::fs::read(&path)
+                .map_err(|source| PluginError::Read {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|wasm| Plugin::load(engine, PluginSource::File(path.clone()), &wasm));
+            match loaded {
+                Ok(plugin) if from_files.contains_key(plugin.name()) => {
+                    tracing::warn!(path = %path.display(), "ignoring plugin `{}`: an earlier plugin directory has one of that name", plugin.name());
+                }
+                Ok(plugin) => {
+                    from_files.insert(plugin.name().to_string(), Arc::new(plugin));
+                }
+                Err(problem) => catalog.problems.push(problem),
+            }
+        }
+        catalog.plugins.extend(from_files);
+        catalog
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// Plugins in name order.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    /// Plugin files that could not be loaded, and why.
+    pub fn problems(&self) -> &[PluginError] {
+        &self.problems
+    }
+}
+
+fn wasm_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "plugin directory not readable; skipped");
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::speaks;
+
+    #[test]
+    fn speaks_only_its_own_minor_series_up_to_its_patch() {
+        assert!(speaks("0.1.0"));
+        assert!(!speaks("0.1.1"));
+        assert!(!speaks("0.2.0"));
+        assert!(!speaks("1.1.0"));
+        assert!(!speaks("0.1"));
+    }
+}
