@@ -4,6 +4,8 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "nanny:backend/backend",
+    // The supervisor compares progress and advice; tests compare plans.
+    additional_derives: [PartialEq],
 });
 
 /// The WIT version these bindings speak.

@@ -1,0 +1,113 @@
+//! Helpers for nanny's end-to-end tests: build test plugins for wasm32-wasip2 and
+//! find the built `nanny` binary.
+
+#[path = "../../host/build/wasm.rs"]
+mod wasm;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The workspace root.
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The `.wasm` of a workspace plugin package, built once per test process.
+pub fn plugin_wasm(package: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    built
+        .entry(package.to_string())
+        .or_insert_with(|| {
+            let paths = wasm::build_plugins(
+                &workspace().join("Cargo.toml"),
+                &[package],
+                &target_dir().join("test-plugins"),
+            );
+            paths.unwrap_or_else(|error| panic!("{error}")).remove(0)
+        })
+        .clone()
+}
+
+/// The `hello` example, built the way its README says (outside the workspace).
+pub fn hello_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest = workspace().join("examples/plugin-hello/Cargo.toml");
+            let paths = wasm::build_plugins(
+                &manifest,
+                &["nanny-plugin-hello"],
+                &target_dir().join("example-plugins"),
+            );
+            paths.unwrap_or_else(|error| panic!("{error}")).remove(0)
+        })
+        .clone()
+}
+
+/// The `nanny` binary of this build, built if needed.
+pub fn nanny_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "nanny",
+                    "--bin",
+                    "nanny",
+                    "--manifest-path",
+                ])
+                .arg(workspace().join("Cargo.toml"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building nanny failed");
+            target_dir().join("debug").join("nanny")
+        })
+        .clone()
+}
+
+/// A directory holding copies of `wasm_files`, for `NANNY_PLUGIN_DIRS`.
+pub fn plugin_dir(wasm_files: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("make a temp dir");
+    for file in wasm_files {
+        std::fs::copy(
+            file,
+            dir.path().join(file.file_name().expect("a file name")),
+        )
+        .expect("copy a plugin");
+    }
+    dir
+}
+
+/// `nanny ARGS` with a private state dir and `plugin_dirs`; returns (status ok, stdout, stderr).
+pub fn nanny(args: &[&str], plugin_dirs: &[&Path], state_dir: &Path) -> (bool, String, String) {
+    let dirs = std::env::join_paths(plugin_dirs).expect("plugin dirs join");
+    let output = Command::new(nanny_bin())
+        .args(args)
+        .env("NANNY_PLUGIN_DIRS", dirs)
+        .env("NANNY_STATE_DIR", state_dir)
+        .output()
+        .expect("run nanny");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,137 @@
+//! `nanny plugins` as a user runs it: the builtins, a dropped-in plugin, an
+//! override, and broken files that must not hide the rest.
+
+use nanny_tests::{hello_wasm, nanny, plugin_dir, plugin_wasm};
+use serde_json::Value;
+
+const BUILTINS: [&str; 6] = [
+    "command",
+    "infinilm",
+    "infinilm-rust",
+    "llama-cpp",
+    "mock",
+    "vllm",
+];
+
+fn list_json(plugin_dirs: &[&std::path::Path]) -> (Vec<Value>, String) {
+    let state = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = nanny(&["plugins", "list", "--json"], plugin_dirs, state.path());
+    assert!(ok, "nanny plugins list failed: {stderr}");
+    let list: Value = serde_json::from_str(&stdout).expect("JSON out");
+    (list.as_array().expect("a JSON array").clone(), stderr)
+}
+
+#[test]
+fn lists_the_six_builtins_with_their_wit_version() {
+    let (plugins, stderr) = list_json(&[]);
+    let names: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BUILTINS, "{stderr}");
+    for plugin in &plugins {
+        assert_eq!(plugin["wit_version"], "0.1.0");
+        assert_eq!(plugin["source"], "builtin");
+        assert!(!plugin["summary"].as_str().unwrap().is_empty());
+    }
+    let command = &plugins[0];
+    let command_setting = &command["settings"][0];
+    assert_eq!(command_setting["key"], "command");
+    assert_eq!(command_setting["required"], true);
+}
+
+#[test]
+fn the_table_has_a_line_per_plugin() {
+    let state = tempfile::tempdir().unwrap();
+    let (ok, stdout, _) = nanny(&["plugins", "list"], &[], state.path());
+    assert!(ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{stdout}");
+    assert_eq!(lines.len(), 1 + BUILTINS.len(), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("vllm ") && l.contains("builtin") && l.contains("0.1.0")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_dropped_in_plugin_is_inspected_from_its_file() {
+    let hello = hello_wasm();
+    let dir = plugin_dir(&[&hello]);
+    let state = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = nanny(
+        &["plugins", "inspect", "hello", "--json"],
+        &[dir.path()],
+        state.path(),
+    );
+    assert!(ok, "{stderr}");
+    let info: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(info["name"], "hello");
+    assert_eq!(info["wit_version"], "0.1.0");
+    assert_eq!(
+        info["source"],
+        dir.path()
+            .join("nanny_plugin_hello.wasm")
+            .display()
+            .to_string()
+    );
+    assert_eq!(info["settings"][0]["default"], "hello");
+
+    let (ok, text, _) = nanny(
+        &["plugins", "inspect", "hello"],
+        &[dir.path()],
+        state.path(),
+    );
+    assert!(ok);
+    assert!(
+        text.contains("wit:      nanny:backend@0.1.0") && text.contains("greeting"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_file_overrides_the_builtin_of_its_name() {
+    let shadow = plugin_wasm("nanny-test-plugin-shadow-mock");
+    let dir = plugin_dir(&[&shadow]);
+    let (plugins, _) = list_json(&[dir.path()]);
+    let mock = plugins.iter().find(|p| p["name"] == "mock").unwrap();
+    assert_eq!(mock["version"], "9.9.9");
+    assert_ne!(mock["source"], "builtin");
+    assert_eq!(plugins.len(), BUILTINS.len());
+}
+
+#[test]
+fn broken_plugins_are_reported_and_the_rest_still_load() {
+    let future = plugin_wasm("nanny-test-plugin-future-wit");
+    let hello = hello_wasm();
+    let dir = plugin_dir(&[&future, &hello]);
+    std::fs::write(dir.path().join("garbage.wasm"), b"not wasm at all").unwrap();
+    let (plugins, stderr) = list_json(&[dir.path()]);
+    assert_eq!(
+        plugins.len(),
+        BUILTINS.len() + 1,
+        "hello loads beside the broken ones"
+    );
+    assert!(
+        stderr
+            .contains("built for nanny:backend@0.2.0, but this nanny supports nanny:backend@0.1.0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("garbage.wasm") && stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inspecting_an_unknown_plugin_fails_with_a_hint() {
+    let state = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = nanny(&["plugins", "inspect", "nope"], &[], state.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("no plugin named `nope`") && stderr.contains("nanny plugins list"),
+        "{stderr}"
+    );
+}
