@@ -24,6 +24,19 @@ fn target_dir() -> PathBuf {
 
 /// The `.wasm` of a workspace plugin package, built once per test process.
 pub fn plugin_wasm(package: &str) -> PathBuf {
+    built_once(&workspace().join("Cargo.toml"), package, "test-plugins")
+}
+
+/// The `hello` example, built the way its README says (outside the workspace).
+pub fn hello_wasm() -> PathBuf {
+    built_once(
+        &workspace().join("examples/plugin-hello/Cargo.toml"),
+        "nanny-plugin-hello",
+        "example-plugins",
+    )
+}
+
+fn built_once(manifest: &Path, package: &str, target_subdir: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
@@ -32,27 +45,8 @@ pub fn plugin_wasm(package: &str) -> PathBuf {
     built
         .entry(package.to_string())
         .or_insert_with(|| {
-            let paths = wasm::build_plugins(
-                &workspace().join("Cargo.toml"),
-                &[package],
-                &target_dir().join("test-plugins"),
-            );
-            paths.unwrap_or_else(|error| panic!("{error}")).remove(0)
-        })
-        .clone()
-}
-
-/// The `hello` example, built the way its README says (outside the workspace).
-pub fn hello_wasm() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let manifest = workspace().join("examples/plugin-hello/Cargo.toml");
-            let paths = wasm::build_plugins(
-                &manifest,
-                &["nanny-plugin-hello"],
-                &target_dir().join("example-plugins"),
-            );
+            let paths =
+                wasm::build_plugins(manifest, &[package], &target_dir().join(target_subdir));
             paths.unwrap_or_else(|error| panic!("{error}")).remove(0)
         })
         .clone()

@@ -23,6 +23,8 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// A fake OpenAI-compatible server (what the `mock` backend runs).
+    MockBackend(crate::mock_backend::MockOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +40,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugins { action, json } => {
             plugins::run(action.unwrap_or(PluginsAction::List), json)
+        }
+        Command::MockBackend(options) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::mock_backend::run(options))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -18,6 +18,14 @@ use super::sandbox::StoreState;
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
+/// The embedded component of the builtin plugin `name` (its directory name).
+pub fn builtin_wasm(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_PLUGINS
+        .iter()
+        .find(|(dir, _)| *dir == name)
+        .map(|(_, wasm)| *wasm)
+}
+
 /// Where a plugin came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {

@@ -17,7 +17,7 @@ pub use bindings::exports::nanny::backend::session::{
 };
 pub use bindings::nanny::backend::types::{Gpu, Launch, Setting, Value};
 pub use bindings::WIT_VERSION;
-pub use catalog::{Catalog, Plugin, PluginInfo, PluginSource, SettingInfo};
+pub use catalog::{builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, SettingInfo};
 pub use engine::{Limits, PluginEngine};
 pub use error::PluginError;
 pub use session::{PluginSession, SessionHandle};

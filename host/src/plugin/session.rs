@@ -45,6 +45,15 @@ impl PluginSession {
         &self.plugin
     }
 
+    /// Instantiates the plugin and constructs the session now rather than on the
+    /// first call, so a broken plugin shows before the backend is launched.
+    pub fn warm(&mut self) -> Result<(), PluginError> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate()?);
+        }
+        Ok(())
+    }
+
     /// How to run the service, or the configuration problems the plugin found.
     pub fn plan(&mut self) -> Result<Result<Plan, Vec<ConfigError>>, PluginError> {
         self.call("plan", |backend, store, session| {
