@@ -9,3 +9,4 @@ pub mod mock_backend;
 pub mod names;
 pub mod paths;
 pub mod plugin;
+pub mod runtime;

@@ -1,0 +1,154 @@
+//! The process runtime against real processes: stop means nothing left, output
+//! arrives as lines, and a tree that escapes its process group is still caught.
+
+use std::time::Duration;
+
+use nanny::runtime::cgroup::{self, Cgroup};
+use nanny::runtime::{spawn, OutputLine, ProcessSpec, Stream};
+use tokio::sync::mpsc;
+
+fn shell(script: &str) -> ProcessSpec {
+    ProcessSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: vec![],
+        work_dir: None,
+    }
+}
+
+/// Whether `pid` still runs (a zombie waiting for init to reap it does not count).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn group_empty(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::killpg(pgid, 0) != 0 }
+}
+
+async fn next_line(lines: &mut mpsc::Receiver<OutputLine>) -> OutputLine {
+    lines.recv().await.expect("a line")
+}
+
+fn test_cgroup(name: &str) -> Option<Cgroup> {
+    let root = cgroup::nanny_root()?;
+    Cgroup::create(root.join(format!("test-{}-{name}", std::process::id()))).ok()
+}
+
+#[tokio::test]
+async fn a_tree_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let (sender, mut lines) = mpsc::channel(16);
+    let script = r#"trap "" TERM; sleep 1000 & echo "child $!"; while true; do sleep 1; done"#;
+    let mut process = spawn(&shell(script), None, sender).unwrap();
+    let child: i32 = next_line(&mut lines)
+        .await
+        .text
+        .strip_prefix("child ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(running(child));
+
+    let exit = process
+        .stop(libc::SIGTERM, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(
+        exit.signal,
+        Some(libc::SIGKILL),
+        "SIGTERM was ignored, so SIGKILL ended it: {exit}"
+    );
+    assert!(
+        group_empty(process.pid()),
+        "stop returned with the group still populated"
+    );
+    assert!(!running(child));
+}
+
+#[tokio::test]
+async fn a_polite_backend_stops_on_its_signal() {
+    let (sender, mut lines) = mpsc::channel(16);
+    let mut process = spawn(
+        &shell(r#"trap "echo bye; exit 0" TERM; echo up; while true; do sleep 0.05; done"#),
+        None,
+        sender,
+    )
+    .unwrap();
+    assert_eq!(next_line(&mut lines).await.text, "up");
+    let exit = process
+        .stop(libc::SIGTERM, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(exit.code, Some(0), "{exit}");
+    assert_eq!(next_line(&mut lines).await.text, "bye");
+}
+
+#[tokio::test]
+async fn output_arrives_as_tagged_lines_and_long_lines_are_cut() {
+    let (sender, mut lines) = mpsc::channel(16);
+    let script = "echo one; echo two >&2; head -c 100000 /dev/zero | tr '\\0' x; echo; echo three";
+    let mut process = spawn(&shell(script), None, sender).unwrap();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    while let Some(line) = lines.recv().await {
+        match line.stream {
+            Stream::Stdout => stdout.push(line.text),
+            Stream::Stderr => stderr.push(line.text),
+        }
+    }
+    assert_eq!(process.wait().await.unwrap().code, Some(0));
+    assert_eq!(stderr, ["two"]);
+    assert_eq!(stdout.len(), 3);
+    assert_eq!(stdout[0], "one");
+    assert_eq!(stdout[1].len(), nanny::runtime::process::MAX_LINE_BYTES);
+    assert_eq!(stdout[2], "three");
+}
+
+#[tokio::test]
+async fn a_setsid_grandchild_is_caught_by_the_cgroup() {
+    let Some(cgroup) = test_cgroup("setsid") else {
+        eprintln!(
+            "no writable cgroup v2 here; the process-group fallback cannot reach setsid trees"
+        );
+        return;
+    };
+    let path = cgroup.path().to_path_buf();
+    let (sender, mut lines) = mpsc::channel(16);
+    let script = r#"setsid sh -c 'sleep 1000' & echo "escaped $!"; while true; do sleep 1; done"#;
+    let mut process = spawn(&shell(script), Some(cgroup), sender).unwrap();
+    let escaped: i32 = next_line(&mut lines)
+        .await
+        .text
+        .strip_prefix("escaped ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(running(escaped));
+    process
+        .stop(libc::SIGTERM, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(!running(escaped), "the setsid grandchild outlived the stop");
+    assert!(!path.exists(), "the cgroup is removed after the stop");
+}
+
+#[tokio::test]
+async fn leftovers_of_a_main_process_that_exits_are_removed() {
+    let (sender, mut lines) = mpsc::channel(16);
+    let mut process = spawn(&shell(r#"sleep 1000 & echo "left $!""#), None, sender).unwrap();
+    let left: i32 = next_line(&mut lines)
+        .await
+        .text
+        .strip_prefix("left ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(process.wait().await.unwrap().code, Some(0));
+    assert!(!running(left), "the main process's child outlived it");
+}
