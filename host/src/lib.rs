@@ -10,3 +10,4 @@ pub mod names;
 pub mod paths;
 pub mod plugin;
 pub mod runtime;
+pub mod supervise;

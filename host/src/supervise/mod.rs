@@ -1,0 +1,176 @@
+//! Supervision: one task per service driving its state machine, started in
+//! dependency order and stopped in reverse.
+
+mod backoff;
+mod order;
+mod probe;
+mod service;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use backoff::{Backoff, BackoffPolicy};
+pub use order::dependency_order;
+pub use probe::{get as probe_get, ProbeResponse};
+pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
+pub use state::{ServiceStatus, State};
+
+use service::{Runner, Shared};
+
+/// How the supervisor runs its services.
+#[derive(Debug, Clone)]
+pub struct SupervisorOptions {
+    pub max_concurrent_starts: usize,
+    /// Where per-launch cgroups go; `None` relies on process groups alone.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+struct ServiceHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<ServiceStatus>,
+    task: JoinHandle<()>,
+}
+
+/// The running services.
+pub struct Supervisor {
+    services: BTreeMap<String, ServiceHandle>,
+    order: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("services depend on each other in a cycle: {}", .0.join(" → "))]
+    Cycle(Vec<String>),
+    #[error("service `{service}` depends on `{missing}`, which is not configured")]
+    UnknownDependency { service: String, missing: String },
+    #[error("no service named `{0}`")]
+    UnknownService(String),
+}
+
+impl Supervisor {
+    /// Starts one task per service; those with `autostart` launch once their
+    /// dependencies meet their conditions.
+    pub fn launch(
+        specs: Vec<ServiceSpec>,
+        options: SupervisorOptions,
+    ) -> Result<Self, SuperviseError> {
+        let graph: BTreeMap<String, Vec<String>> = specs
+            .iter()
+            .map(|spec| {
+                (
+                    spec.service.name.clone(),
+                    spec.depends_on
+                        .iter()
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        for (service, dependencies) in &graph {
+            if let Some(missing) = dependencies.iter().find(|d| !graph.contains_key(*d)) {
+                return Err(SuperviseError::UnknownDependency {
+                    service: service.clone(),
+                    missing: missing.clone(),
+                });
+            }
+        }
+        let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
+        let shared = Shared {
+            cgroup_root: options.cgroup_root,
+            starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
+        };
+        let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
+            .iter()
+            .map(|spec| {
+                let status =
+                    ServiceStatus::new(&spec.service.name, spec.plugin.name(), spec.service.port);
+                (spec.service.name.clone(), watch::channel(status).0)
+            })
+            .collect();
+        let mut services = BTreeMap::new();
+        for spec in specs {
+            let dependencies = spec
+                .depends_on
+                .iter()
+                .map(|(name, condition)| (*condition, channels[name].subscribe()))
+                .collect();
+            let status = channels
+                .remove(&spec.service.name)
+                .expect("one channel per service");
+            let receiver = status.subscribe();
+            let (commands, inbox) = mpsc::channel(16);
+            let name = spec.service.name.clone();
+            let task =
+                tokio::spawn(Runner::new(spec, shared.clone(), status, inbox, dependencies).run());
+            services.insert(
+                name,
+                ServiceHandle {
+                    commands,
+                    status: receiver,
+                    task,
+                },
+            );
+        }
+        Ok(Self { services, order })
+    }
+
+    /// Every service's status, in dependency order.
+    pub fn statuses(&self) -> Vec<ServiceStatus> {
+        self.order
+            .iter()
+            .map(|name| self.services[name].status.borrow().clone())
+            .collect()
+    }
+
+    /// A live view of one service's status.
+    pub fn watch(&self, name: &str) -> Result<watch::Receiver<ServiceStatus>, SuperviseError> {
+        Ok(self.handle(name)?.status.clone())
+    }
+
+    fn handle(&self, name: &str) -> Result<&ServiceHandle, SuperviseError> {
+        self.services
+            .get(name)
+            .ok_or_else(|| SuperviseError::UnknownService(name.to_string()))
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), SuperviseError> {
+        let _ = self.handle(name)?.commands.send(Command::Start).await;
+        Ok(())
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<(), SuperviseError> {
+        let _ = self.handle(name)?.commands.send(Command::Restart).await;
+        Ok(())
+    }
+
+    /// Stops one service; returns once its processes are gone.
+    pub async fn stop(&self, name: &str) -> Result<(), SuperviseError> {
+        let (reply, stopped) = oneshot::channel();
+        if self
+            .handle(name)?
+            .commands
+            .send(Command::Stop(reply))
+            .await
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
+        Ok(())
+    }
+
+    /// Stops every service, dependents before what they depend on, and ends the tasks.
+    pub async fn shutdown(self) {
+        for name in self.order.iter().rev() {
+            let _ = self.stop(name).await;
+        }
+        for (_, handle) in self.services {
+            drop(handle.commands);
+            let _ = handle.task.await;
+        }
+    }
+}

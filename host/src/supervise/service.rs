@@ -1,0 +1,590 @@
+//! One task per service: it launches the plugin's plan, feeds output lines and
+//! probe answers to the plugin, keeps the status true, restarts with back-off and
+//! stops with nothing left behind.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{interval, sleep_until, Instant, Interval, MissedTickBehavior};
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::probe;
+use super::state::{unix_ms, ServiceStatus, State};
+use crate::plugin::{
+    ExitAdvice, HttpResponse, Launch, Output, Plan, Plugin, PluginSession, Progress, Service,
+    SessionHandle,
+};
+use crate::runtime::cgroup::Cgroup;
+use crate::runtime::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};
+
+/// Lines handed to the plugin's `on-exit`.
+const EXIT_LINES: usize = 50;
+/// Failed liveness probes in a row that restart the backend (kubelet's default).
+const LIVENESS_FAILURE_THRESHOLD: u32 = 3;
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub max_restarts: Option<u32>,
+    pub backoff: BackoffPolicy,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::OnFailure,
+            max_restarts: None,
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The dependency's process is running.
+    Started,
+    /// The dependency is ready.
+    Ready,
+}
+
+/// The service's own probe settings, which override the plugin's plan.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOverrides {
+    pub readiness_period: Option<Duration>,
+    pub liveness_period: Option<Duration>,
+    pub liveness_timeout: Option<Duration>,
+}
+
+impl ProbeOverrides {
+    fn apply(&self, plan: &mut Plan) {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
+        if let Some(period) = self.readiness_period {
+            plan.readiness.period_ms = ms(period);
+        }
+        if let Some(liveness) = plan.liveness.as_mut() {
+            if let Some(period) = self.liveness_period {
+                liveness.period_ms = ms(period);
+            }
+            if let Some(timeout) = self.liveness_timeout {
+                liveness.timeout_ms = ms(timeout);
+            }
+        }
+    }
+}
+
+/// Everything a service task needs to know.
+#[derive(Clone)]
+pub struct ServiceSpec {
+    pub service: Service,
+    pub plugin: Arc<Plugin>,
+    pub restart: RestartPolicy,
+    pub startup_timeout: Duration,
+    pub depends_on: Vec<(String, Condition)>,
+    pub autostart: bool,
+    pub probes: ProbeOverrides,
+}
+
+/// What a service task is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Start,
+    Restart,
+    Stop(oneshot::Sender<()>),
+}
+
+/// What one service task shares with the others.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub cgroup_root: Option<PathBuf>,
+    pub starts: Arc<Semaphore>,
+}
+
+/// Why one launch ended.
+enum Outcome {
+    /// Asked to stop; the caller waits on the reply.
+    Stopped(Option<oneshot::Sender<()>>),
+    /// Asked to restart: go again at once.
+    Restart,
+    /// The plugin (or the configuration) says trying again cannot help.
+    GaveUp(String),
+    /// It went down; the restart policy decides.
+    Down { reason: String, clean: bool },
+}
+
+pub(super) struct Runner {
+    spec: ServiceSpec,
+    shared: Shared,
+    status: watch::Sender<ServiceStatus>,
+    commands: mpsc::Receiver<Command>,
+    dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+    backoff: Backoff,
+    launches: u64,
+}
+
+impl Runner {
+    pub fn new(
+        spec: ServiceSpec,
+        shared: Shared,
+        status: watch::Sender<ServiceStatus>,
+        commands: mpsc::Receiver<Command>,
+        dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+    ) -> Self {
+        let backoff = Backoff::new(spec.restart.backoff);
+        Self {
+            spec,
+            shared,
+            status,
+            commands,
+            dependencies,
+            backoff,
+            launches: 0,
+        }
+    }
+
+    fn set(&self, state: State) {
+        self.status.send_modify(|status| {
+            if status.state != state {
+                tracing::info!(service = %status.name, "{} → {}", status.state.name(), state.name());
+                status.since_unix_ms = unix_ms(SystemTime::now());
+            }
+            status.state = state;
+        });
+    }
+
+    pub async fn run(mut self) {
+        let mut wanted = self.spec.autostart;
+        loop {
+            if !wanted {
+                match self.commands.recv().await {
+                    None => return,
+                    Some(Command::Start | Command::Restart) => wanted = true,
+                    Some(Command::Stop(reply)) => {
+                        let _ = reply.send(());
+                        continue;
+                    }
+                }
+            }
+            if let Some(reply) = self.await_dependencies().await {
+                self.set(State::Stopped);
+                let _ = reply.map(|reply| reply.send(()));
+                wanted = false;
+                continue;
+            }
+            match self.launch_once().await {
+                Outcome::Stopped(reply) => {
+                    self.set(State::Stopped);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    } else {
+                        return;
+                    }
+                    wanted = false;
+                }
+                Outcome::Restart => {}
+                Outcome::GaveUp(reason) => {
+                    tracing::error!(service = %self.spec.service.name, "gave up: {reason}");
+                    self.status
+                        .send_modify(|status| status.last_failure = Some(reason.clone()));
+                    self.set(State::Failed { reason });
+                    wanted = false;
+                }
+                Outcome::Down { reason, clean } => {
+                    tracing::warn!(service = %self.spec.service.name, "down: {reason}");
+                    self.status
+                        .send_modify(|status| status.last_failure = Some(reason.clone()));
+                    match self.wait_to_restart(reason, clean).await {
+                        Some(again) => wanted = again,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the restart policy after a launch went down: `Some(true)` to launch
+    /// again, `Some(false)` to stay down, `None` when the supervisor is gone.
+    async fn wait_to_restart(&mut self, reason: String, clean: bool) -> Option<bool> {
+        let policy = &self.spec.restart;
+        let restart = match policy.mode {
+            RestartMode::Always => true,
+            RestartMode::OnFailure => !clean,
+            RestartMode::Never => false,
+        };
+        if !restart {
+            self.set(if clean {
+                State::Stopped
+            } else {
+                State::Failed { reason }
+            });
+            return Some(false);
+        }
+        let restarts = self.status.borrow().restarts;
+        if policy.max_restarts.is_some_and(|max| restarts >= max) {
+            self.set(State::Failed {
+                reason: format!("gave up after {restarts} restarts; last: {reason}"),
+            });
+            return Some(false);
+        }
+        let delay = self.backoff.next_delay();
+        self.status.send_modify(|status| status.restarts += 1);
+        self.set(State::Backoff {
+            next_try_unix_ms: unix_ms(SystemTime::now() + delay),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Some(true),
+            command = self.commands.recv() => match command {
+                None => None,
+                Some(Command::Start | Command::Restart) => Some(true),
+                Some(Command::Stop(reply)) => {
+                    self.set(State::Stopped);
+                    let _ = reply.send(());
+                    Some(false)
+                }
+            },
+        }
+    }
+
+    /// Waits until every dependency meets its condition; a stop request meanwhile
+    /// is returned (`Some`), and so is the supervisor going away (`Some(None)`).
+    async fn await_dependencies(&mut self) -> Option<Option<oneshot::Sender<()>>> {
+        if self.dependencies.is_empty() {
+            return None;
+        }
+        self.set(State::Waiting);
+        let mut dependencies = std::mem::take(&mut self.dependencies);
+        let all_met = async {
+            for (condition, status) in dependencies.iter_mut() {
+                let met = |s: &ServiceStatus| match condition {
+                    Condition::Started => s.state.is_started(),
+                    Condition::Ready => s.state == State::Ready,
+                };
+                if status.wait_for(met).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let interrupted = tokio::select! {
+            met = all_met => (!met).then_some(None),
+            command = wait_for_stop(&mut self.commands) => Some(command),
+        };
+        self.dependencies = dependencies;
+        interrupted
+    }
+
+    async fn launch_once(&mut self) -> Outcome {
+        // Held while starting: at most `max_concurrent_starts` load at once.
+        let permit = self.shared.starts.clone().acquire_owned().await.ok();
+        self.set(State::Starting {
+            loading_percent: None,
+        });
+        let session = match SessionHandle::spawn(PluginSession::new(
+            self.spec.plugin.clone(),
+            self.spec.service.clone(),
+        )) {
+            Ok(session) => session,
+            Err(error) => {
+                return Outcome::GaveUp(format!("cannot start the plugin's thread: {error}"))
+            }
+        };
+        let mut plan = match session.call(|session| session.plan()).await {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(errors)) => {
+                let problems: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.key, e.message))
+                    .collect();
+                return Outcome::GaveUp(format!(
+                    "the {} plugin refused the configuration: {}",
+                    self.spec.plugin.name(),
+                    problems.join("; ")
+                ));
+            }
+            Err(error) => return Outcome::GaveUp(error.to_string()),
+        };
+        self.spec.probes.apply(&mut plan);
+        let (lines_in, lines) = mpsc::channel(256);
+        let process = match self.spawn_process(&plan, lines_in) {
+            Ok(process) => process,
+            Err(reason) => return Outcome::GaveUp(reason),
+        };
+        self.status
+            .send_modify(|status| status.pid = Some(process.pid()));
+        let mut launch = Running {
+            runner: self,
+            session,
+            plan,
+            process,
+            lines,
+            permit,
+            tail: VecDeque::new(),
+        };
+        let outcome = launch.watch().await;
+        self.status.send_modify(|status| status.pid = None);
+        outcome
+    }
+
+    fn spawn_process(
+        &mut self,
+        plan: &Plan,
+        lines: mpsc::Sender<OutputLine>,
+    ) -> Result<ProcessHandle, String> {
+        let Launch::Process(process) = &plan.launch else {
+            return Err("this plan launches a container; nanny runs processes only until the container runtime lands".into());
+        };
+        let name = &self.spec.service.name;
+        let mut env = process.env.clone();
+        env.push(("NANNY_SERVICE".into(), name.clone()));
+        let spec = ProcessSpec {
+            program: process.program.clone(),
+            args: process.args.clone(),
+            env,
+            work_dir: process.work_dir.as_ref().map(PathBuf::from),
+        };
+        self.launches += 1;
+        let cgroup = self.shared.cgroup_root.as_ref().and_then(|root| {
+            Cgroup::create(root.join(format!("{name}-{}", self.launches)))
+                .map_err(
+                    |error| tracing::warn!(service = %name, "no cgroup for this launch: {error}"),
+                )
+                .ok()
+        });
+        spawn(&spec, cgroup, lines)
+            .map_err(|error| format!("cannot start `{}`: {error}", process.program))
+    }
+}
+
+/// Returns the reply channel of the next stop request (`None`: supervisor gone);
+/// start requests meanwhile are moot.
+async fn wait_for_stop(commands: &mut mpsc::Receiver<Command>) -> Option<oneshot::Sender<()>> {
+    loop {
+        match commands.recv().await? {
+            Command::Stop(reply) => return Some(reply),
+            Command::Start | Command::Restart => {}
+        }
+    }
+}
+
+/// One launched backend being watched.
+struct Running<'a> {
+    runner: &'a mut Runner,
+    session: SessionHandle,
+    plan: Plan,
+    process: ProcessHandle,
+    lines: mpsc::Receiver<OutputLine>,
+    permit: Option<OwnedSemaphorePermit>,
+    tail: VecDeque<String>,
+}
+
+enum Event {
+    Line(OutputLine),
+    ReadinessProbe,
+    LivenessProbe,
+    Exited(Exit),
+    Deadline,
+    Command(Option<Command>),
+}
+
+fn ticker(period_ms: u32) -> Interval {
+    let mut ticker = interval(Duration::from_millis(u64::from(period_ms.max(10))));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+impl Running<'_> {
+    async fn watch(&mut self) -> Outcome {
+        let startup_timeout = self.runner.spec.startup_timeout;
+        let mut deadline = Instant::now() + startup_timeout;
+        let mut readiness = ticker(self.plan.readiness.period_ms);
+        let mut liveness = self
+            .plan
+            .liveness
+            .as_ref()
+            .map(|probe| ticker(probe.period_ms));
+        let mut ready = false;
+        let mut failed_probes = 0;
+        let mut lines_open = true;
+        loop {
+            let event = tokio::select! {
+                line = self.lines.recv(), if lines_open => match line {
+                    Some(line) => Event::Line(line),
+                    None => { lines_open = false; continue; }
+                },
+                _ = readiness.tick(), if !ready => Event::ReadinessProbe,
+                _ = async { liveness.as_mut().expect("guarded").tick().await }, if ready && liveness.is_some() => Event::LivenessProbe,
+                exit = self.process.wait() => match exit {
+                    Ok(exit) => Event::Exited(exit),
+                    Err(error) => return self.stop_for(Outcome::Down { reason: format!("lost track of the process: {error}"), clean: false }).await,
+                },
+                _ = sleep_until(deadline), if !ready => Event::Deadline,
+                command = self.runner.commands.recv() => Event::Command(command),
+            };
+            let progress = match event {
+                Event::Line(line) => self.on_line(line).await,
+                Event::ReadinessProbe => {
+                    self.probe(
+                        &self.plan.readiness.path.clone(),
+                        self.plan.readiness.timeout_ms,
+                    )
+                    .await
+                }
+                Event::LivenessProbe => {
+                    let probe = self.plan.liveness.clone().expect("guarded");
+                    match self.probe(&probe.path, probe.timeout_ms).await {
+                        Ok(Progress::Ready) => {
+                            if failed_probes > 0 {
+                                failed_probes = 0;
+                                self.runner.set(State::Ready);
+                            }
+                        }
+                        Ok(_) => {
+                            failed_probes += 1;
+                            if failed_probes >= LIVENESS_FAILURE_THRESHOLD {
+                                let reason = format!(
+                                    "{failed_probes} liveness probes of {} failed in a row",
+                                    probe.path
+                                );
+                                return self
+                                    .stop_for(Outcome::Down {
+                                        reason,
+                                        clean: false,
+                                    })
+                                    .await;
+                            }
+                            self.runner.set(State::Unhealthy { failed_probes });
+                        }
+                        Err(reason) => return self.stop_for(Outcome::GaveUp(reason)).await,
+                    }
+                    continue;
+                }
+                Event::Exited(exit) => return self.exited(exit).await,
+                Event::Deadline => {
+                    let reason = format!(
+                        "not ready within {}s of its last sign of progress",
+                        startup_timeout.as_secs()
+                    );
+                    return self
+                        .stop_for(Outcome::Down {
+                            reason,
+                            clean: false,
+                        })
+                        .await;
+                }
+                Event::Command(None) => return self.stop_for(Outcome::Stopped(None)).await,
+                Event::Command(Some(Command::Stop(reply))) => {
+                    return self.stop_for(Outcome::Stopped(Some(reply))).await
+                }
+                Event::Command(Some(Command::Restart)) => {
+                    return self.stop_for(Outcome::Restart).await
+                }
+                Event::Command(Some(Command::Start)) => continue,
+            };
+            match progress {
+                Ok(Progress::Ready) if !ready => {
+                    ready = true;
+                    self.permit = None;
+                    self.runner.backoff.ready();
+                    self.runner.set(State::Ready);
+                }
+                Ok(Progress::Loading(percent)) if !ready => {
+                    deadline = Instant::now() + startup_timeout;
+                    self.runner.set(State::Starting {
+                        loading_percent: percent,
+                    });
+                }
+                Ok(Progress::Failed(reason)) => {
+                    return self.stop_for(Outcome::GaveUp(reason)).await
+                }
+                Ok(_) => {}
+                Err(reason) => return self.stop_for(Outcome::GaveUp(reason)).await,
+            }
+        }
+    }
+
+    async fn on_line(&mut self, line: OutputLine) -> Result<Progress, String> {
+        if self.tail.len() == EXIT_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.text.clone());
+        let source = match line.stream {
+            Stream::Stdout => Output::Stdout,
+            Stream::Stderr => Output::Stderr,
+        };
+        self.session
+            .call(move |session| session.on_output(source, &line.text))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn probe(&mut self, path: &str, timeout_ms: u32) -> Result<Progress, String> {
+        let service = &self.runner.spec.service;
+        let Some(answer) = probe::get(
+            &service.host,
+            service.port,
+            path,
+            Duration::from_millis(u64::from(timeout_ms)),
+        )
+        .await
+        else {
+            return Ok(Progress::Nothing);
+        };
+        let response = HttpResponse {
+            status: answer.status,
+            content_type: answer.content_type,
+            body: answer.body,
+        };
+        self.session
+            .call(move |session| session.on_probe(&response))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn exited(&mut self, exit: Exit) -> Outcome {
+        // The pipes close once the whole group is gone; take what it printed last.
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(1), self.lines.recv()).await
+        {
+            let _ = self.on_line(line).await;
+        }
+        let last_lines: Vec<String> = self.tail.iter().cloned().collect();
+        match self
+            .session
+            .call(move |session| session.on_exit(exit.code, exit.signal, &last_lines))
+            .await
+        {
+            Ok(ExitAdvice::GiveUp(reason)) => Outcome::GaveUp(reason),
+            Ok(ExitAdvice::Restart) => Outcome::Down {
+                reason: format!("exited with {exit}"),
+                clean: exit.code == Some(0),
+            },
+            Err(error) => Outcome::GaveUp(error.to_string()),
+        }
+    }
+
+    /// Stops the backend (the plan's signal, grace, then SIGKILL) and reports `outcome`.
+    async fn stop_for(&mut self, outcome: Outcome) -> Outcome {
+        self.runner.set(State::Stopping);
+        let signal = self.plan.stop_signal.map_or(libc::SIGTERM, i32::from);
+        let grace = self
+            .plan
+            .grace_ms
+            .map_or(DEFAULT_GRACE, |ms| Duration::from_millis(u64::from(ms)));
+        if let Err(error) = self.process.stop(signal, grace).await {
+            tracing::error!(service = %self.runner.spec.service.name, "stopping: {error}");
+        }
+        outcome
+    }
+}

@@ -1,0 +1,87 @@
+//! What a service is doing, as the rest of nanny (and the API) sees it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// `stopped → starting → ready ⇄ unhealthy → stopping → stopped`, plus `backoff`
+/// (waiting to restart) and `failed` (gave up, with the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Stopped,
+    /// Waiting for the services it depends on.
+    Waiting,
+    Starting {
+        loading_percent: Option<u8>,
+    },
+    Ready,
+    Unhealthy {
+        failed_probes: u32,
+    },
+    Stopping,
+    Backoff {
+        next_try_unix_ms: u64,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Waiting => "waiting",
+            State::Starting { .. } => "starting",
+            State::Ready => "ready",
+            State::Unhealthy { .. } => "unhealthy",
+            State::Stopping => "stopping",
+            State::Backoff { .. } => "backoff",
+            State::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether a process of the service has been launched and not yet gone.
+    pub fn is_started(&self) -> bool {
+        matches!(
+            self,
+            State::Starting { .. } | State::Ready | State::Unhealthy { .. }
+        )
+    }
+}
+
+/// One service's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub backend: String,
+    #[serde(flatten)]
+    pub state: State,
+    pub since_unix_ms: u64,
+    pub pid: Option<i32>,
+    pub port: u16,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+}
+
+impl ServiceStatus {
+    pub fn new(name: &str, backend: &str, port: u16) -> Self {
+        Self {
+            name: name.to_string(),
+            backend: backend.to_string(),
+            state: State::Stopped,
+            since_unix_ms: unix_ms(SystemTime::now()),
+            pid: None,
+            port,
+            restarts: 0,
+            last_failure: None,
+        }
+    }
+}
+
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
