@@ -5,6 +5,7 @@
 //! come with their issues.
 
 pub mod cli;
+pub mod config;
 pub mod mock_backend;
 pub mod names;
 pub mod paths;

@@ -1,7 +1,10 @@
 //! The `nanny` command line.
 
+mod config;
 mod plugins;
+mod up;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -23,8 +26,39 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Run the daemon in the foreground: launch every service, watch, restart;
+    /// Ctrl-C stops them all.
+    Up {
+        #[arg(default_value = "nanny.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration, or show it resolved.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Empties a daemon's cgroup once the daemon is gone (started by `nanny up`).
+    #[command(hide = true)]
+    Guardian { dir: PathBuf },
     /// A fake OpenAI-compatible server (what the `mock` backend runs).
     MockBackend(crate::mock_backend::MockOptions),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the file and the services' settings against their plugins.
+    Check {
+        #[arg(default_value = "nanny.toml")]
+        config: PathBuf,
+    },
+    /// Print the resolved configuration (defaults, overrides and ports filled in).
+    Show {
+        #[arg(default_value = "nanny.toml")]
+        config: PathBuf,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +75,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins { action, json } => {
             plugins::run(action.unwrap_or(PluginsAction::List), json)
         }
+        Command::Up { config } => up::run(&config),
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => Ok(config::check(&config)),
+        Command::Config {
+            action: ConfigAction::Show { config, json },
+        } => Ok(config::show(&config, json)),
+        Command::Guardian { dir } => up::guardian(&dir),
         Command::MockBackend(options) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

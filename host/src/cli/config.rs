@@ -1,0 +1,105 @@
+//! `nanny config check [CONFIG]` and `nanny config show [CONFIG]`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::plugin::{Catalog, Limits, PluginEngine, Value};
+
+/// Loads `path` and checks it against the plugins: the config and the catalog,
+/// or every error printed and `Err(exit code)`.
+pub fn load_checked(
+    path: &Path,
+) -> Result<(Config, Catalog, Vec<crate::supervise::ServiceSpec>), ExitCode> {
+    let config = Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })?;
+    let cache = crate::paths::component_cache(&config.daemon.state_dir);
+    let engine = PluginEngine::new(Limits::default(), Some(cache)).map_err(|error| {
+        eprintln!("error: cannot start the plugin engine: {error:#}");
+        ExitCode::FAILURE
+    })?;
+    let catalog = Catalog::load(&engine, &config.daemon.plugin_dirs);
+    for problem in catalog.problems() {
+        eprintln!("warning: {problem}");
+    }
+    let specs = config.service_specs(&catalog).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })?;
+    Ok((config, catalog, specs))
+}
+
+pub fn check(path: &Path) -> ExitCode {
+    match load_checked(path) {
+        Ok((_, _, specs)) => {
+            println!("{}: ok, {} service(s)", path.display(), specs.len());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn show(path: &Path, as_json: bool) -> ExitCode {
+    let (config, _, specs) = match load_checked(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let services: Vec<_> = specs
+        .iter()
+        .map(|spec| {
+            let settings: serde_json::Map<String, serde_json::Value> =
+                spec.service.settings.iter().map(|setting| (setting.key.clone(), value_json(&setting.value))).collect();
+            json!({
+                "name": spec.service.name,
+                "backend": spec.plugin.name(),
+                "host": spec.service.host,
+                "port": spec.service.port,
+                "model": spec.service.model,
+                "args": spec.service.args,
+                "env": spec.service.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "work_dir": spec.service.work_dir,
+                "autostart": spec.autostart,
+                "depends_on": spec.depends_on.iter().map(|(name, condition)| json!({"service": name, "condition": condition})).collect::<Vec<_>>(),
+                "restart": {
+                    "policy": spec.restart.mode,
+                    "max_restarts": spec.restart.max_restarts,
+                    "backoff_s": spec.restart.backoff.initial.as_secs_f64(),
+                    "max_backoff_s": spec.restart.backoff.max.as_secs_f64(),
+                    "reset_after_s": spec.restart.backoff.reset_after.as_secs_f64(),
+                },
+                "startup_timeout_s": spec.startup_timeout.as_secs_f64(),
+                "settings": settings,
+            })
+        })
+        .collect();
+    let resolved = json!({"file": config.path, "daemon": config.daemon, "services": services});
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resolved).unwrap_or_default()
+        );
+    } else {
+        match toml::to_string_pretty(&resolved) {
+            Ok(text) => print!("{text}"),
+            Err(_) => println!(
+                "{}",
+                serde_json::to_string_pretty(&resolved).unwrap_or_default()
+            ),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Text(text) => json!(text),
+        Value::Integer(number) => json!(number),
+        Value::Float(number) => json!(number),
+        Value::Boolean(flag) => json!(flag),
+        Value::List(items) => json!(items),
+    }
+}

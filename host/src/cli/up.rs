@@ -1,0 +1,147 @@
+//! `nanny up [CONFIG]`: the daemon in the foreground.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::runtime::cgroup;
+use crate::supervise::{ServiceStatus, State, Supervisor, SupervisorOptions};
+
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, _catalog, specs) = match super::config::load_checked(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let containment = Containment::set_up().await;
+        let options = SupervisorOptions {
+            max_concurrent_starts: config.daemon.max_concurrent_starts,
+            cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
+        };
+        let supervisor = Supervisor::launch(specs, options)?;
+        let names: Vec<String> = supervisor
+            .statuses()
+            .into_iter()
+            .map(|status| status.name)
+            .collect();
+        for name in &names {
+            tokio::spawn(report(supervisor.watch(name)?));
+        }
+        println!(
+            "nanny: supervising {} service(s) from {}; Ctrl-C stops them all",
+            names.len(),
+            path.display()
+        );
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        println!("nanny: stopping every service (a second signal forces)");
+        let forced = tokio::select! {
+            _ = supervisor.shutdown() => false,
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        if let Some(containment) = containment {
+            containment.tear_down().await;
+        }
+        println!(
+            "nanny: {}",
+            if forced {
+                "forced down"
+            } else {
+                "all services stopped"
+            }
+        );
+        Ok(if forced {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+/// Prints each state change of one service.
+async fn report(mut status: tokio::sync::watch::Receiver<ServiceStatus>) {
+    let mut last = String::new();
+    loop {
+        let line = describe(&status.borrow_and_update());
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe(status: &ServiceStatus) -> String {
+    let detail = match &status.state {
+        State::Starting {
+            loading_percent: Some(percent),
+        } => format!(" ({percent}%)"),
+        State::Ready => format!(" on {}", status.port),
+        State::Failed { reason } => format!(": {reason}"),
+        State::Backoff { .. } => format!(
+            " after {}",
+            status.last_failure.as_deref().unwrap_or("a failure")
+        ),
+        _ => String::new(),
+    };
+    format!("[{}] {}{detail}", status.name, status.state.name())
+}
+
+/// This daemon's cgroup directory and the guardian that empties it if the daemon
+/// dies without cleaning up (kill -9 included).
+struct Containment {
+    dir: PathBuf,
+    _guardian: tokio::process::Child,
+}
+
+impl Containment {
+    async fn set_up() -> Option<Self> {
+        let root = cgroup::nanny_root()?;
+        let swept = cgroup::sweep_stale(&root).await;
+        if swept > 0 {
+            println!("nanny: removed what {swept} earlier daemon(s) left running");
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).ok()?;
+        let guardian = tokio::process::Command::new(std::env::current_exe().ok()?)
+            .arg("guardian")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|error| tracing::warn!("no guardian: {error}"))
+            .ok()?;
+        Some(Self {
+            dir,
+            _guardian: guardian,
+        })
+    }
+
+    async fn tear_down(self) {
+        cgroup::kill_tree(&self.dir).await;
+    }
+}
+
+/// `nanny guardian DIR`: waits for its stdin to close (the daemon is gone), then
+/// kills everything under `DIR`.
+pub fn guardian(dir: &Path) -> anyhow::Result<ExitCode> {
+    // SAFETY: ignoring SIGINT so a Ctrl-C meant for the daemon leaves the guardian be.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    runtime.block_on(cgroup::kill_tree(dir));
+    Ok(ExitCode::SUCCESS)
+}
