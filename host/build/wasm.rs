@@ -30,13 +30,16 @@ pub fn build_plugins(
     for package in packages {
         command.args(["-p", package]);
     }
-    // The outer build's flags are for the host target, not for wasm.
+    // The outer build's flags are for the host target, not for wasm; and under
+    // `cargo clippy` the plugins are linted natively, as workspace members.
     for variable in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_RUSTFLAGS",
         "CARGO_BUILD_TARGET",
         "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
     ] {
         command.env_remove(variable);
     }

@@ -6,7 +6,18 @@ use std::process::{ExitCode, Stdio};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::runtime::cgroup;
-use crate::supervise::{ServiceStatus, State, Supervisor, SupervisorOptions};
+
+/// `println!` for the daemon: a closed stdout (the terminal went away) must not
+/// bring it down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let (config, _catalog, specs) = match super::config::load_checked(path) {
@@ -23,17 +34,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
         };
         let supervisor = Supervisor::launch(specs, options)?;
-        let names: Vec<String> = supervisor
-            .statuses()
-            .into_iter()
-            .map(|status| status.name)
-            .collect();
-        for name in &names {
-            tokio::spawn(report(supervisor.watch(name)?));
-        }
-        println!(
-            "nanny: supervising {} service(s) from {}; Ctrl-C stops them all",
-            names.len(),
+        let count = supervisor.statuses().len();
+        tokio::spawn(report(supervisor.events()));
+        say!(
+            "nanny: supervising {count} service(s) from {}; Ctrl-C stops them all",
             path.display()
         );
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -42,7 +46,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        println!("nanny: stopping every service (a second signal forces)");
+        say!("nanny: stopping every service (a second signal forces)");
         let forced = tokio::select! {
             _ = supervisor.shutdown() => false,
             _ = interrupt.recv() => true,
@@ -51,7 +55,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         if let Some(containment) = containment {
             containment.tear_down().await;
         }
-        println!(
+        say!(
             "nanny: {}",
             if forced {
                 "forced down"
@@ -67,35 +71,31 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Prints each state change of one service.
-async fn report(mut status: tokio::sync::watch::Receiver<ServiceStatus>) {
-    let mut last = String::new();
+/// Prints every state change as it happens.
+async fn report(mut events: tokio::sync::broadcast::Receiver<StateChange>) {
     loop {
-        let line = describe(&status.borrow_and_update());
-        if line != last {
-            println!("{line}");
-            last = line;
-        }
-        if status.changed().await.is_err() {
-            return;
+        match events.recv().await {
+            Ok(change) => say!("{}", describe(&change)),
+            Err(RecvError::Lagged(missed)) => say!("nanny: ({missed} state changes not shown)"),
+            Err(RecvError::Closed) => return,
         }
     }
 }
 
-fn describe(status: &ServiceStatus) -> String {
-    let detail = match &status.state {
+fn describe(change: &StateChange) -> String {
+    let detail = match &change.to {
         State::Starting {
             loading_percent: Some(percent),
         } => format!(" ({percent}%)"),
-        State::Ready => format!(" on {}", status.port),
+        State::Ready => format!(" on {}", change.port),
         State::Failed { reason } => format!(": {reason}"),
         State::Backoff { .. } => format!(
             " after {}",
-            status.last_failure.as_deref().unwrap_or("a failure")
+            change.last_failure.as_deref().unwrap_or("a failure")
         ),
         _ => String::new(),
     };
-    format!("[{}] {}{detail}", status.name, status.state.name())
+    format!("[{}] {}{detail}", change.service, change.to.name())
 }
 
 /// This daemon's cgroup directory and the guardian that empties it if the daemon
@@ -110,7 +110,7 @@ impl Containment {
         let root = cgroup::nanny_root()?;
         let swept = cgroup::sweep_stale(&root).await;
         if swept > 0 {
-            println!("nanny: removed what {swept} earlier daemon(s) left running");
+            say!("nanny: removed what {swept} earlier daemon(s) left running");
         }
         let dir = root.join(std::process::id().to_string());
         std::fs::create_dir_all(&dir).ok()?;

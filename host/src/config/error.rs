@@ -75,10 +75,20 @@ pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    // `ready` for `ready_line`: a word the user shortened.
+    if word.len() >= 3 {
+        if let Some(longer) = candidates
+            .iter()
+            .find(|candidate| candidate.starts_with(word))
+        {
+            return Some(longer);
+        }
+    }
     candidates
         .into_iter()
         .map(|candidate| (edit_distance(word, candidate), candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len().max(word.len()) + 2) / 3)
+        .filter(|(distance, candidate)| *distance <= candidate.len().max(word.len()).div_ceil(3))
         .min()
         .map(|(_, candidate)| candidate)
 }
@@ -109,5 +119,6 @@ mod tests {
         assert_eq!(did_you_mean("depends-on", keys), Some("depends_on"));
         assert_eq!(did_you_mean("backned", keys), Some("backend"));
         assert_eq!(did_you_mean("zzzzzz", keys), None);
+        assert_eq!(did_you_mean("startup", keys), Some("startup_timeout"));
     }
 }

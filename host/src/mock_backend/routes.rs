@@ -74,16 +74,13 @@ struct CompletionRequest {
 }
 
 /// Resolves the requested model, or says which ones there are.
-fn pick_model(state: &MockState, requested: Option<String>) -> Result<String, Response> {
+fn pick_model(state: &MockState, requested: Option<String>) -> Result<String, String> {
     match requested {
         None => Ok(state.models[0].clone()),
         Some(model) if state.models.contains(&model) => Ok(model),
-        Some(model) => Err(error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "model `{model}` not found; this server has {:?}",
-                state.models
-            ),
+        Some(model) => Err(format!(
+            "model `{model}` not found; this server has {:?}",
+            state.models
         )),
     }
 }
@@ -115,7 +112,7 @@ async fn complete(
     state.count_request();
     let model = match pick_model(&state, request.model) {
         Ok(model) => model,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::NOT_FOUND, &message),
     };
     let words = reply_words(&model, request.max_tokens);
     let id = format!("mock-{}", now());
@@ -171,7 +168,7 @@ async fn embeddings(State(state): Shared, Json(request): Json<EmbeddingRequest>)
     state.count_request();
     let model = match pick_model(&state, request.model) {
         Ok(model) => model,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::NOT_FOUND, &message),
     };
     let inputs: Vec<String> = match request.input {
         Value::String(text) => vec![text],

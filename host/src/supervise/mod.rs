@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
-pub use state::{ServiceStatus, State};
+pub use state::{ServiceStatus, State, StateChange};
 
 use service::{Runner, Shared};
 
@@ -40,6 +40,9 @@ struct ServiceHandle {
 pub struct Supervisor {
     services: BTreeMap<String, ServiceHandle>,
     order: Vec<String>,
+    events: broadcast::Sender<StateChange>,
+    /// Subscribed before any task ran, so the first reader misses nothing.
+    first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +83,11 @@ impl Supervisor {
             }
         }
         let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
+        let (events, first_events) = broadcast::channel(1024);
         let shared = Shared {
             cgroup_root: options.cgroup_root,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
+            events: events.clone(),
         };
         let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
@@ -116,7 +121,12 @@ impl Supervisor {
                 },
             );
         }
-        Ok(Self { services, order })
+        Ok(Self {
+            services,
+            order,
+            events,
+            first_events: std::sync::Mutex::new(Some(first_events)),
+        })
     }
 
     /// Every service's status, in dependency order.
@@ -125,6 +135,17 @@ impl Supervisor {
             .iter()
             .map(|name| self.services[name].status.borrow().clone())
             .collect()
+    }
+
+    /// Every state change of every service, in order: since launch for the first
+    /// caller, from now on for later ones.
+    pub fn events(&self) -> broadcast::Receiver<StateChange> {
+        let first = self
+            .first_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// A live view of one service's status.

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{interval, sleep_until, Instant, Interval, MissedTickBehavior};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{interval, interval_at, sleep_until, Instant, Interval, MissedTickBehavior};
 
 use super::backoff::{Backoff, BackoffPolicy};
 use super::probe;
-use super::state::{unix_ms, ServiceStatus, State};
+use super::state::{unix_ms, ServiceStatus, State, StateChange};
 use crate::plugin::{
     ExitAdvice, HttpResponse, Launch, Output, Plan, Plugin, PluginSession, Progress, Service,
     SessionHandle,
@@ -110,6 +110,8 @@ pub enum Command {
 pub(super) struct Shared {
     pub cgroup_root: Option<PathBuf>,
     pub starts: Arc<Semaphore>,
+    /// Every state change of every service, in order.
+    pub events: broadcast::Sender<StateChange>,
 }
 
 /// Why one launch ended.
@@ -155,13 +157,28 @@ impl Runner {
     }
 
     fn set(&self, state: State) {
-        self.status.send_modify(|status| {
-            if status.state != state {
-                tracing::info!(service = %status.name, "{} → {}", status.state.name(), state.name());
-                status.since_unix_ms = unix_ms(SystemTime::now());
+        let mut change = None;
+        self.status.send_if_modified(|status| {
+            if status.state == state {
+                return false;
             }
+            tracing::info!(service = %status.name, "{} → {}", status.state.name(), state.name());
+            status.since_unix_ms = unix_ms(SystemTime::now());
+            change = Some(StateChange {
+                service: status.name.clone(),
+                from: status.state.name(),
+                to: state.clone(),
+                at_unix_ms: status.since_unix_ms,
+                port: status.port,
+                last_failure: status.last_failure.clone(),
+            });
             status.state = state;
+            true
         });
+        if let Some(change) = change {
+            // Nobody listening is fine.
+            let _ = self.shared.events.send(change);
+        }
     }
 
     pub async fn run(mut self) {
@@ -409,11 +426,9 @@ impl Running<'_> {
         let startup_timeout = self.runner.spec.startup_timeout;
         let mut deadline = Instant::now() + startup_timeout;
         let mut readiness = ticker(self.plan.readiness.period_ms);
-        let mut liveness = self
-            .plan
-            .liveness
-            .as_ref()
-            .map(|probe| ticker(probe.period_ms));
+        // The first liveness probe comes one period after ready, not at once.
+        let mut liveness: Option<Interval> = None;
+        let probe_readiness = !self.plan.readiness.path.is_empty();
         let mut ready = false;
         let mut failed_probes = 0;
         let mut lines_open = true;
@@ -423,7 +438,7 @@ impl Running<'_> {
                     Some(line) => Event::Line(line),
                     None => { lines_open = false; continue; }
                 },
-                _ = readiness.tick(), if !ready => Event::ReadinessProbe,
+                _ = readiness.tick(), if !ready && probe_readiness => Event::ReadinessProbe,
                 _ = async { liveness.as_mut().expect("guarded").tick().await }, if ready && liveness.is_some() => Event::LivenessProbe,
                 exit = self.process.wait() => match exit {
                     Ok(exit) => Event::Exited(exit),
@@ -495,6 +510,12 @@ impl Running<'_> {
             match progress {
                 Ok(Progress::Ready) if !ready => {
                     ready = true;
+                    liveness = self.plan.liveness.as_ref().map(|probe| {
+                        let period = Duration::from_millis(u64::from(probe.period_ms.max(10)));
+                        let mut ticker = interval_at(Instant::now() + period, period);
+                        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        ticker
+                    });
                     self.permit = None;
                     self.runner.backoff.ready();
                     self.runner.set(State::Ready);

@@ -85,3 +85,16 @@ pub fn unix_ms(time: SystemTime) -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
 }
+
+/// One state change, as `nanny up` prints it and `/v1/events` will stream it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateChange {
+    pub service: String,
+    pub from: &'static str,
+    #[serde(flatten)]
+    pub to: State,
+    pub at_unix_ms: u64,
+    /// The service's port, for the reader's convenience.
+    pub port: u16,
+    pub last_failure: Option<String>,
+}

@@ -19,7 +19,7 @@ impl Backend for Command {
             ),
             setting(
                 "health_path",
-                "The path that answers 2xx once the program is ready.",
+                "The path that answers 2xx once the program is ready; \"\" for a program that serves no HTTP (then set ready_line).",
                 Some(Value::Text("/health".into())),
                 false,
             ),
@@ -47,7 +47,8 @@ impl Backend for Command {
         let health_path = settings.text_or("health_path", "/health");
         let models_path = settings.text_or("models_path", "/v1/models");
         for (key, path) in [("health_path", &health_path), ("models_path", &models_path)] {
-            if !path.starts_with('/') {
+            let no_http = key == "health_path" && path.is_empty();
+            if !(path.starts_with('/') || no_http) {
                 settings.error(key, format!("`{path}` must start with `/`"));
             }
         }
@@ -65,9 +66,14 @@ impl Backend for Command {
         let mut words = words?.into_iter();
         let program = words.next().unwrap_or_default();
         let mut plan = process_plan(service, &program, words.collect());
+        // An empty readiness path tells nanny not to probe at all.
         plan.readiness.path = health_path.clone();
+        plan.liveness = (!health_path.is_empty()).then_some(Probe {
+            path: health_path,
+            ..plan.readiness.clone()
+        });
         if let Some(liveness) = plan.liveness.as_mut() {
-            liveness.path = health_path;
+            liveness.period_ms = 10_000;
         }
         plan.models_path = models_path;
         Ok(plan)
@@ -139,6 +145,16 @@ mod tests {
             ),
             Progress::Ready
         );
+    }
+
+    #[test]
+    fn an_empty_health_path_means_no_http_probes() {
+        let mut svc = with_command(&["worker"]);
+        svc.settings.push(text_setting("health_path", ""));
+        svc.settings.push(text_setting("ready_line", "^started"));
+        let plan = Command::default().plan(&svc).unwrap();
+        assert_eq!(plan.readiness.path, "");
+        assert_eq!(plan.liveness, None);
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! `nanny up` as a user runs it: the quickstart comes up and Ctrl-C leaves
+//! nothing; `kill -9` of the daemon leaves nothing either, setsid grandchildren
+//! included; bad configs are refused with file, line and key.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nanny_tests::{nanny, nanny_bin, workspace};
+
+/// A daemon whose stdout lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn up(config: &Path, state: &Path) -> Self {
+        let mut child = Command::new(nanny_bin())
+            .args(["up"])
+            .arg(config)
+            .env("NANNY_STATE_DIR", state)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    nanny_bin().parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nanny up");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Reads lines until one satisfies `check`; panics with what it saw if the
+    /// daemon's output ends first.
+    fn expect(&self, check: impl Fn(&str) -> bool) -> String {
+        let mut seen = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            if check(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!("the line never came; saw:\n{}", seen.join("\n"));
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave its daemon behind; its guardian cleans up the rest.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}
+
+/// Waits up to `limit` for all of `pids` to be gone; returns the survivors.
+fn survivors(pids: &[i32], limit: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|pid| running(*pid)).collect();
+        if alive.is_empty() || start.elapsed() > limit {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_quickstart_comes_up_and_ctrl_c_leaves_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::up(&workspace().join("examples/quickstart.toml"), state.path());
+    daemon.expect(|line| line.starts_with("[embeddings] ready on "));
+    let ready = daemon.expect(|line| line.starts_with("[chat] ready on "));
+    let port: u16 = ready.rsplit(' ').next().unwrap().parse().unwrap();
+    let answer = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(answer.is_ok(), "chat listens on {port}");
+    let backends: Vec<i32> = mock_backend_pids(port);
+    assert_eq!(backends.len(), 1);
+
+    daemon.signal(libc::SIGINT);
+    assert_eq!(
+        daemon
+            .expect(|line| line.starts_with("[chat] stopped")
+                || line.starts_with("[embeddings] stopped")),
+        "[chat] stopped"
+    );
+    daemon.expect(|line| line == "nanny: all services stopped");
+    let mut daemon = daemon;
+    assert!(
+        daemon.child.wait().unwrap().success(),
+        "exit 0 after Ctrl-C"
+    );
+    assert!(survivors(&backends, Duration::ZERO).is_empty());
+}
+
+fn mock_backend_pids(port: u16) -> Vec<i32> {
+    let needle = format!("--port {port}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| {
+                    String::from_utf8_lossy(&cmdline)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_the_daemon_leaves_no_process_ten_times_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let config = dir.path().join("nanny.toml");
+    let script = format!(
+        "setsid sh -c 'echo $$ >> {pids}; exec sleep 1000' & sh -c 'echo $$ >> {pids}; exec sleep 1000' & echo $$ >> {pids}; \
+         until [ $(wc -l < {pids}) -ge 3 ]; do sleep 0.01; done; echo READY; wait",
+        pids = pids_file.display()
+    );
+    std::fs::write(
+        &config,
+        format!("[services.tree]\nbackend = \"command\"\nsettings = {{ command = [\"sh\", \"-c\", {script:?}], ready_line = \"^READY\", health_path = \"\" }}\n"),
+    )
+    .unwrap();
+    for round in 1..=10 {
+        let _ = std::fs::remove_file(&pids_file);
+        let daemon = Daemon::up(&config, dir.path());
+        daemon.expect(|line| line.starts_with("[tree] ready"));
+        let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(
+            pids.len(),
+            3,
+            "round {round}: the tree's three processes wrote their pids"
+        );
+        daemon.signal(libc::SIGKILL);
+        let mut daemon = daemon;
+        daemon.child.wait().unwrap();
+        let left = survivors(&pids, Duration::from_secs(2));
+        assert!(
+            left.is_empty(),
+            "round {round}: {left:?} outlived the daemon by 2 s"
+        );
+    }
+}
+
+#[test]
+fn a_bad_config_is_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        "[services.chat]\nbackend = \"mock\"\nprot = 8000\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!("{path}:3: `prot`: unknown key; did you mean `port`?")
+    );
+
+    std::fs::write(&config, "[services.a]\nbackend = \"mock\"\ndepends_on = [\"b\"]\n\n[services.b]\nbackend = \"mock\"\ndepends_on = { a = \"started\" }\n").unwrap();
+    let (ok, _, stderr) = nanny(&["up", path], &[], dir.path());
+    assert!(!ok, "nanny up refuses a cycle");
+    assert_eq!(
+        stderr.trim(),
+        format!("{path}:1: `services.a.depends_on`: dependency cycle: a → b → a")
+    );
+
+    std::fs::write(&config, "[services.web]\nbackend = \"command\"\n[services.web.settings]\nhealth_path = \"/health\"\nready = \"x\"\n").unwrap();
+    let (ok, _, stderr) = nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains(":5: `services.web.settings.ready`: the command backend has no setting `ready`; did you mean `ready_line`?"), "{stderr}");
+    assert!(
+        stderr.contains("`services.web.settings.command`: required by the command backend"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_show_resolves_ports_and_defaults() {
+    let state = tempfile::tempdir().unwrap();
+    let quickstart = workspace().join("examples/quickstart.toml");
+    let (ok, stdout, stderr) = nanny(
+        &["config", "show", "--json", quickstart.to_str().unwrap()],
+        &[],
+        state.path(),
+    );
+    assert!(ok, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let services = shown["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2);
+    for service in services {
+        let port = service["port"].as_u64().unwrap();
+        assert!((21000..=21999).contains(&port), "{port} from port_range");
+        assert_eq!(service["startup_timeout_s"], 600.0);
+    }
+    let chat = services.iter().find(|s| s["name"] == "chat").unwrap();
+    assert_eq!(chat["depends_on"][0]["service"], "embeddings");
+    assert_eq!(chat["depends_on"][0]["condition"], "ready");
+    assert_eq!(chat["restart"]["max_restarts"], 10);
+}
