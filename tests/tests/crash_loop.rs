@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
-use nanny::supervise::{BackoffPolicy, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec, Supervisor, SupervisorOptions};
+use nanny::supervise::{
+    BackoffPolicy, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec, Supervisor,
+    SupervisorOptions,
+};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -13,7 +16,10 @@ fn open_fds() -> usize {
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -24,7 +30,12 @@ fn zombie_children() -> Vec<i32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split(' ').collect();
+            let fields: Vec<&str> = stat
+                .rsplit(") ")
+                .next()
+                .unwrap_or_default()
+                .split(' ')
+                .collect();
             fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str())
         })
         .collect()
@@ -45,22 +56,40 @@ async fn a_thousand_crashes_leak_nothing() {
             work_dir: None,
             gpus: vec![],
             settings: vec![
-                Setting { key: "command".into(), value: Value::List(vec!["sh".into(), "-c".into(), "exit 1".into()]) },
-                Setting { key: "health_path".into(), value: Value::Text(String::new()) },
+                Setting {
+                    key: "command".into(),
+                    value: Value::List(vec!["sh".into(), "-c".into(), "exit 1".into()]),
+                },
+                Setting {
+                    key: "health_path".into(),
+                    value: Value::Text(String::new()),
+                },
             ],
         },
         plugin: Arc::clone(catalog.get("command").unwrap()),
         restart: RestartPolicy {
             mode: RestartMode::Always,
             max_restarts: None,
-            backoff: BackoffPolicy { initial: Duration::ZERO, max: Duration::ZERO, reset_after: Duration::from_secs(600) },
+            backoff: BackoffPolicy {
+                initial: Duration::ZERO,
+                max: Duration::ZERO,
+                reset_after: Duration::from_secs(600),
+            },
         },
         startup_timeout: Duration::from_secs(60),
         depends_on: vec![],
         autostart: true,
         probes: ProbeOverrides::default(),
     };
-    let supervisor = Supervisor::launch(vec![spec], SupervisorOptions { max_concurrent_starts: 1, cgroup_root: None }).unwrap();
+    let supervisor = Supervisor::launch(
+        vec![spec],
+        SupervisorOptions {
+            max_concurrent_starts: 1,
+            cgroup_root: None,
+            state_file: None,
+        },
+    )
+    .unwrap();
     let mut status = supervisor.watch("crashy").unwrap();
     // Let allocators and caches settle before the baseline.
     status.wait_for(|s| s.restarts >= 100).await.unwrap();
@@ -70,7 +99,17 @@ async fn a_thousand_crashes_leak_nothing() {
     let (fds_after, rss_after) = (open_fds(), rss_kib());
     println!("fds {fds_before} → {fds_after}; RSS {rss_before} KiB → {rss_after} KiB");
 
-    assert!(zombie_children().is_empty(), "zombies: {:?}", zombie_children());
-    assert!(fds_after * 100 <= fds_before * 105, "fds grew from {fds_before} to {fds_after}");
-    assert!(rss_after * 100 <= rss_before * 105, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    assert!(
+        zombie_children().is_empty(),
+        "zombies: {:?}",
+        zombie_children()
+    );
+    assert!(
+        fds_after * 100 <= fds_before * 105,
+        "fds grew from {fds_before} to {fds_after}"
+    );
+    assert!(
+        rss_after * 100 <= rss_before * 105,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }

@@ -235,3 +235,41 @@ fn config_show_resolves_ports_and_defaults() {
     assert_eq!(chat["depends_on"][0]["condition"], "ready");
     assert_eq!(chat["restart"]["max_restarts"], 10);
 }
+
+#[test]
+fn restart_counts_and_the_last_failure_survive_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let launches = dir.path().join("launches");
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[services.crashy]\nbackend = \"command\"\nrestart = {{ policy = \"on-failure\", max_restarts = 3, backoff = \"0s\", max_backoff = \"0s\" }}\n\
+             settings = {{ command = [\"sh\", \"-c\", \"echo x >> {}; exit 3\"], health_path = \"\" }}\n",
+            launches.display()
+        ),
+    )
+    .unwrap();
+    let give_up = "[crashy] failed: gave up after 3 restarts; last: exited with exit code 3";
+    let first = Daemon::up(&config, dir.path());
+    first.expect(|line| line == give_up);
+    first.signal(libc::SIGINT);
+    first.expect(|line| line == "nanny: all services stopped");
+    drop(first);
+    assert_eq!(
+        std::fs::read_to_string(&launches).unwrap().lines().count(),
+        4,
+        "one launch and three restarts"
+    );
+    let remembered: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("services.json")).unwrap()).unwrap();
+    assert_eq!(remembered["crashy"]["restarts"], 3);
+
+    let second = Daemon::up(&config, dir.path());
+    second.expect(|line| line == give_up);
+    assert_eq!(
+        std::fs::read_to_string(&launches).unwrap().lines().count(),
+        5,
+        "the new daemon remembered: one launch, no new restarts"
+    );
+}

@@ -90,6 +90,7 @@ fn options() -> SupervisorOptions {
     SupervisorOptions {
         max_concurrent_starts: 4,
         cgroup_root: None,
+        state_file: None,
     }
 }
 

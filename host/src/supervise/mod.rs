@@ -3,6 +3,7 @@
 
 mod backoff;
 mod order;
+mod persist;
 mod probe;
 mod service;
 mod state;
@@ -28,6 +29,8 @@ pub struct SupervisorOptions {
     pub max_concurrent_starts: usize,
     /// Where per-launch cgroups go; `None` relies on process groups alone.
     pub cgroup_root: Option<PathBuf>,
+    /// Where restart counts and last failures are kept across daemon restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 struct ServiceHandle {
@@ -84,6 +87,12 @@ impl Supervisor {
         }
         let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
         let (events, first_events) = broadcast::channel(1024);
+        let saver_events = events.subscribe();
+        let remembered = options
+            .state_file
+            .as_deref()
+            .map(persist::load)
+            .unwrap_or_default();
         let shared = Shared {
             cgroup_root: options.cgroup_root,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
@@ -92,12 +101,16 @@ impl Supervisor {
         let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
             .map(|spec| {
-                let status =
+                let mut status =
                     ServiceStatus::new(&spec.service.name, spec.plugin.name(), spec.service.port);
+                if let Some(earlier) = remembered.get(&spec.service.name) {
+                    status.restarts = earlier.restarts;
+                    status.last_failure = earlier.last_failure.clone();
+                }
                 (spec.service.name.clone(), watch::channel(status).0)
             })
             .collect();
-        let mut services = BTreeMap::new();
+        let mut services: BTreeMap<String, ServiceHandle> = BTreeMap::new();
         for spec in specs {
             let dependencies = spec
                 .depends_on
@@ -120,6 +133,13 @@ impl Supervisor {
                     task,
                 },
             );
+        }
+        if let Some(path) = options.state_file {
+            let statuses = services
+                .values()
+                .map(|handle| handle.status.clone())
+                .collect();
+            tokio::spawn(persist::keep_saving(path, saver_events, statuses));
         }
         Ok(Self {
             services,
