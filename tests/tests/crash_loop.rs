@@ -87,6 +87,7 @@ async fn a_thousand_crashes_leak_nothing() {
             max_concurrent_starts: 1,
             cgroup_root: None,
             state_file: None,
+            log_dir: None,
         },
     )
     .unwrap();

@@ -118,6 +118,11 @@ fn the_quickstart_comes_up_and_ctrl_c_leaves_nothing() {
         "exit 0 after Ctrl-C"
     );
     assert!(survivors(&backends, Duration::ZERO).is_empty());
+    let log = std::fs::read_to_string(state.path().join("logs/chat.log")).unwrap();
+    assert!(
+        log.contains("mock-backend loading 50%") && log.contains("mock-backend listening on"),
+        "{log}"
+    );
 }
 
 fn mock_backend_pids(port: u16) -> Vec<i32> {

@@ -91,6 +91,7 @@ fn options() -> SupervisorOptions {
         max_concurrent_starts: 4,
         cgroup_root: None,
         state_file: None,
+        log_dir: None,
     }
 }
 
@@ -127,6 +128,14 @@ async fn ready_from_an_output_line_and_stopped_with_nothing_left() {
     let mut status = supervisor.watch("lines").unwrap();
     let ready = until(&mut status, "ready", |s| s.state == State::Ready).await;
     let pid = ready.pid.expect("a ready service has a pid");
+    let logged: Vec<String> = supervisor
+        .logs("lines")
+        .unwrap()
+        .tail(10)
+        .into_iter()
+        .map(|line| line.text)
+        .collect();
+    assert_eq!(logged, ["booting", "READY to serve"]);
     supervisor.stop("lines").await.unwrap();
     assert_eq!(status.borrow().state, State::Stopped);
     assert!(process_gone(pid), "stop returned while the backend ran on");

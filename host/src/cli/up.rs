@@ -33,6 +33,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             max_concurrent_starts: config.daemon.max_concurrent_starts,
             cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
             state_file: Some(config.daemon.state_dir.join("services.json")),
+            log_dir: Some(config.daemon.state_dir.join("logs")),
         };
         let supervisor = Supervisor::launch(specs, options)?;
         let count = supervisor.statuses().len();

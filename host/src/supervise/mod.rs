@@ -2,6 +2,7 @@
 //! dependency order and stopped in reverse.
 
 mod backoff;
+mod logs;
 mod order;
 mod persist;
 mod probe;
@@ -16,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use backoff::{Backoff, BackoffPolicy};
+pub use logs::{LogBook, LogLine};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
@@ -31,11 +33,14 @@ pub struct SupervisorOptions {
     pub cgroup_root: Option<PathBuf>,
     /// Where restart counts and last failures are kept across daemon restarts.
     pub state_file: Option<PathBuf>,
+    /// Where each service's output is written (`<service>.log`, rotated).
+    pub log_dir: Option<PathBuf>,
 }
 
 struct ServiceHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<ServiceStatus>,
+    logs: Arc<LogBook>,
     task: JoinHandle<()>,
 }
 
@@ -123,13 +128,22 @@ impl Supervisor {
             let receiver = status.subscribe();
             let (commands, inbox) = mpsc::channel(16);
             let name = spec.service.name.clone();
-            let task =
-                tokio::spawn(Runner::new(spec, shared.clone(), status, inbox, dependencies).run());
+            let logs = Arc::new(LogBook::new(&name, options.log_dir.as_deref()));
+            let runner = Runner::new(
+                spec,
+                shared.clone(),
+                status,
+                inbox,
+                dependencies,
+                logs.clone(),
+            );
+            let task = tokio::spawn(runner.run());
             services.insert(
                 name,
                 ServiceHandle {
                     commands,
                     status: receiver,
+                    logs,
                     task,
                 },
             );
@@ -166,6 +180,11 @@ impl Supervisor {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         first.unwrap_or_else(|| self.events.subscribe())
+    }
+
+    /// One service's output: its recent lines and a live feed.
+    pub fn logs(&self, name: &str) -> Result<Arc<LogBook>, SuperviseError> {
+        Ok(self.handle(name)?.logs.clone())
     }
 
     /// A live view of one service's status.

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semapho
 use tokio::time::{interval, interval_at, sleep_until, Instant, Interval, MissedTickBehavior};
 
 use super::backoff::{Backoff, BackoffPolicy};
+use super::logs::LogBook;
 use super::probe;
 use super::state::{unix_ms, ServiceStatus, State, StateChange};
 use crate::plugin::{
@@ -132,6 +133,7 @@ pub(super) struct Runner {
     status: watch::Sender<ServiceStatus>,
     commands: mpsc::Receiver<Command>,
     dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+    logs: Arc<LogBook>,
     backoff: Backoff,
     launches: u64,
 }
@@ -143,6 +145,7 @@ impl Runner {
         status: watch::Sender<ServiceStatus>,
         commands: mpsc::Receiver<Command>,
         dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+        logs: Arc<LogBook>,
     ) -> Self {
         let backoff = Backoff::new(spec.restart.backoff);
         Self {
@@ -151,6 +154,7 @@ impl Runner {
             status,
             commands,
             dependencies,
+            logs,
             backoff,
             launches: 0,
         }
@@ -536,6 +540,7 @@ impl Running<'_> {
     }
 
     async fn on_line(&mut self, line: OutputLine) -> Result<Progress, String> {
+        self.runner.logs.push(&line);
         if self.tail.len() == EXIT_LINES {
             self.tail.pop_front();
         }
