@@ -11,10 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
-use nanny::supervise::{
-    ProbeOverrides, RestartPolicy, ServiceSpec, State, Supervisor, SupervisorOptions,
-};
+use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting};
+use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
 
 fn main() {
     println!("| {:<52} | {:>12} | {:<10} |", "what", "measured", "target");
@@ -43,38 +41,13 @@ fn readiness_lag() {
         assert!(status.success());
         // The backend relays whatever the bench writes into the FIFO, so the bench
         // holds both ends of the measurement on one clock.
-        let spec = ServiceSpec {
-            service: Service {
-                name: format!("lag{round}"),
-                host: "127.0.0.1".into(),
-                port: 1,
-                model: None,
-                args: vec![],
-                env: vec![],
-                work_dir: None,
-                gpus: vec![],
-                settings: vec![
-                    Setting {
-                        key: "command".into(),
-                        value: Value::List(vec!["cat".into(), fifo.display().to_string()]),
-                    },
-                    Setting {
-                        key: "ready_line".into(),
-                        value: Value::Text("^READY".into()),
-                    },
-                    Setting {
-                        key: "health_path".into(),
-                        value: Value::Text(String::new()),
-                    },
-                ],
-            },
-            plugin: Arc::clone(catalog.get("command").unwrap()),
-            restart: RestartPolicy::default(),
-            startup_timeout: Duration::from_secs(60),
-            depends_on: vec![],
-            autostart: true,
-            probes: ProbeOverrides::default(),
-        };
+        let settings = vec![
+            Setting::list("command", &["cat", &fifo.display().to_string()]),
+            Setting::text("ready_line", "^READY"),
+            Setting::text("health_path", ""),
+        ];
+        let plugin = Arc::clone(catalog.get("command").unwrap());
+        let spec = ServiceSpec::new(Service::local(&format!("lag{round}"), 1, settings), plugin);
         let lag = runtime.block_on(async {
             let supervisor = Supervisor::launch(
                 vec![spec],

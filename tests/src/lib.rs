@@ -52,29 +52,60 @@ fn built_once(manifest: &Path, package: &str, target_subdir: &str) -> PathBuf {
         .clone()
 }
 
-/// The `nanny` binary of this build, built if needed.
+/// The `nanny` binary of this build. `cargo test --workspace` builds it (the
+/// `nanny` package has integration tests) with this run's features; it is built
+/// here only when missing or older than the sources, as after editing and then
+/// running `cargo test -p nanny-tests` alone. Building it here otherwise would
+/// resolve features without the dev-dependencies and rebuild wasmtime.
 pub fn nanny_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "nanny",
-                    "--bin",
-                    "nanny",
-                    "--manifest-path",
-                ])
-                .arg(workspace().join("Cargo.toml"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building nanny failed");
-            target_dir().join("debug").join("nanny")
+            let binary = target_dir().join("debug").join("nanny");
+            if !binary.is_file() || modified(&binary) < newest_source() {
+                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                let status = Command::new(cargo)
+                    .args([
+                        "build",
+                        "--quiet",
+                        "-p",
+                        "nanny",
+                        "--bin",
+                        "nanny",
+                        "--manifest-path",
+                    ])
+                    .arg(workspace().join("Cargo.toml"))
+                    .status()
+                    .expect("run cargo build");
+                assert!(status.success(), "building nanny failed");
+            }
+            binary
         })
         .clone()
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+fn newest_source() -> std::time::SystemTime {
+    fn walk(dir: &Path, newest: &mut std::time::SystemTime) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else {
+                *newest = (*newest).max(modified(&path));
+            }
+        }
+    }
+    let mut newest = std::time::UNIX_EPOCH;
+    for dir in ["host/src", "host/build", "plugins", "sdk", "wit"] {
+        walk(&workspace().join(dir), &mut newest);
+    }
+    newest
 }
 
 /// A directory holding copies of `wasm_files`, for `NANNY_PLUGIN_DIRS`.

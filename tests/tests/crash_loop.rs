@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
+use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting};
 use nanny::supervise::{
-    BackoffPolicy, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec, Supervisor,
-    SupervisorOptions,
+    BackoffPolicy, RestartMode, RestartPolicy, ServiceSpec, Supervisor, SupervisorOptions,
 };
 
 fn open_fds() -> usize {
@@ -45,41 +44,22 @@ fn zombie_children() -> Vec<i32> {
 async fn a_thousand_crashes_leak_nothing() {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
     let catalog = Catalog::load(&engine, &[]);
-    let spec = ServiceSpec {
-        service: Service {
-            name: "crashy".into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            model: None,
-            args: vec![],
-            env: vec![],
-            work_dir: None,
-            gpus: vec![],
-            settings: vec![
-                Setting {
-                    key: "command".into(),
-                    value: Value::List(vec!["sh".into(), "-c".into(), "exit 1".into()]),
-                },
-                Setting {
-                    key: "health_path".into(),
-                    value: Value::Text(String::new()),
-                },
-            ],
+    let settings = vec![
+        Setting::list("command", &["sh", "-c", "exit 1"]),
+        Setting::text("health_path", ""),
+    ];
+    let mut spec = ServiceSpec::new(
+        Service::local("crashy", 1, settings),
+        Arc::clone(catalog.get("command").unwrap()),
+    );
+    spec.restart = RestartPolicy {
+        mode: RestartMode::Always,
+        max_restarts: None,
+        backoff: BackoffPolicy {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            reset_after: Duration::from_secs(600),
         },
-        plugin: Arc::clone(catalog.get("command").unwrap()),
-        restart: RestartPolicy {
-            mode: RestartMode::Always,
-            max_restarts: None,
-            backoff: BackoffPolicy {
-                initial: Duration::ZERO,
-                max: Duration::ZERO,
-                reset_after: Duration::from_secs(600),
-            },
-        },
-        startup_timeout: Duration::from_secs(60),
-        depends_on: vec![],
-        autostart: true,
-        probes: ProbeOverrides::default(),
     };
     let supervisor = Supervisor::launch(
         vec![spec],

@@ -45,33 +45,17 @@ fn setting(key: &str, value: Value) -> Setting {
 }
 
 fn spec(name: &str, backend: &str, settings: Vec<Setting>) -> ServiceSpec {
-    ServiceSpec {
-        service: Service {
-            name: name.into(),
-            host: "127.0.0.1".into(),
-            port: free_port(),
-            model: None,
-            args: vec![],
-            // `nanny` (for the mock backend) is found on the child's PATH.
-            env: vec![(
-                "PATH".into(),
-                format!(
-                    "{}:{}",
-                    nanny_bin().parent().unwrap().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )],
-            work_dir: None,
-            gpus: vec![],
-            settings,
-        },
-        plugin: plugin(backend),
-        restart: RestartPolicy::default(),
-        startup_timeout: Duration::from_secs(60),
-        depends_on: vec![],
-        autostart: true,
-        probes: ProbeOverrides::default(),
-    }
+    let mut service = Service::local(name, free_port(), settings);
+    // `nanny` (for the mock backend) is found on the child's PATH.
+    let path = format!(
+        "{}:{}",
+        nanny_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    service.env.push(("PATH".into(), path));
+    let mut spec = ServiceSpec::new(service, plugin(backend));
+    spec.startup_timeout = Duration::from_secs(60);
+    spec
 }
 
 /// A `command` service running a shell script, ready on a line starting `READY`.

@@ -21,3 +21,36 @@ pub use catalog::{builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, Setti
 pub use engine::{Limits, PluginEngine};
 pub use error::PluginError;
 pub use session::{PluginSession, SessionHandle};
+
+impl Service {
+    /// A service named `name` on 127.0.0.1:`port` with `settings` and nothing else.
+    pub fn local(name: &str, port: u16, settings: Vec<Setting>) -> Self {
+        Self {
+            name: name.to_string(),
+            host: "127.0.0.1".to_string(),
+            port,
+            model: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            work_dir: None,
+            gpus: Vec::new(),
+            settings,
+        }
+    }
+}
+
+impl Setting {
+    pub fn text(key: &str, value: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            value: Value::Text(value.to_string()),
+        }
+    }
+
+    pub fn list(key: &str, items: &[&str]) -> Self {
+        Self {
+            key: key.to_string(),
+            value: Value::List(items.iter().map(|item| item.to_string()).collect()),
+        }
+    }
+}

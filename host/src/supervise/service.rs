@@ -98,6 +98,23 @@ pub struct ServiceSpec {
     pub probes: ProbeOverrides,
 }
 
+impl ServiceSpec {
+    /// `service` run by `plugin` with nanny's defaults: restart on failure with the
+    /// default back-off, 10 minutes to show progress, started at once, no
+    /// dependencies, the plugin's own probe periods.
+    pub fn new(service: Service, plugin: Arc<Plugin>) -> Self {
+        Self {
+            service,
+            plugin,
+            restart: RestartPolicy::default(),
+            startup_timeout: Duration::from_secs(600),
+            depends_on: Vec::new(),
+            autostart: true,
+            probes: ProbeOverrides::default(),
+        }
+    }
+}
+
 /// What a service task is asked to do.
 #[derive(Debug)]
 pub enum Command {
