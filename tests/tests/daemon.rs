@@ -17,19 +17,13 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// `nanny up CONFIG`; the mock backend's bare `nanny` must resolve next to the
+    /// daemon's own binary, so PATH is left as it is.
     fn up(config: &Path, state: &Path) -> Self {
         let mut child = Command::new(nanny_bin())
             .args(["up"])
             .arg(config)
             .env("NANNY_STATE_DIR", state)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    nanny_bin().parent().unwrap().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("start nanny up");
