@@ -49,16 +49,8 @@ fn readiness_lag() {
         let plugin = Arc::clone(catalog.get("command").unwrap());
         let spec = ServiceSpec::new(Service::local(&format!("lag{round}"), 1, settings), plugin);
         let lag = runtime.block_on(async {
-            let supervisor = Supervisor::launch(
-                vec![spec],
-                SupervisorOptions {
-                    max_concurrent_starts: 1,
-                    cgroup_root: None,
-                    state_file: None,
-                    log_dir: None,
-                },
-            )
-            .unwrap();
+            let supervisor =
+                Supervisor::launch(vec![spec], SupervisorOptions::in_memory(1)).unwrap();
             let mut status = supervisor.watch(&format!("lag{round}")).unwrap();
             status
                 .wait_for(|s| matches!(s.state, State::Starting { .. }))

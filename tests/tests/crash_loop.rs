@@ -61,16 +61,7 @@ async fn a_thousand_crashes_leak_nothing() {
             reset_after: Duration::from_secs(600),
         },
     };
-    let supervisor = Supervisor::launch(
-        vec![spec],
-        SupervisorOptions {
-            max_concurrent_starts: 1,
-            cgroup_root: None,
-            state_file: None,
-            log_dir: None,
-        },
-    )
-    .unwrap();
+    let supervisor = Supervisor::launch(vec![spec], SupervisorOptions::in_memory(1)).unwrap();
     let mut status = supervisor.watch("crashy").unwrap();
     // Let allocators and caches settle before the baseline.
     status.wait_for(|s| s.restarts >= 100).await.unwrap();

@@ -71,12 +71,7 @@ fn script(name: &str, body: &str) -> ServiceSpec {
 }
 
 fn options() -> SupervisorOptions {
-    SupervisorOptions {
-        max_concurrent_starts: 4,
-        cgroup_root: None,
-        state_file: None,
-        log_dir: None,
-    }
+    SupervisorOptions::in_memory(4)
 }
 
 async fn until(

@@ -37,6 +37,18 @@ pub struct SupervisorOptions {
     pub log_dir: Option<PathBuf>,
 }
 
+impl SupervisorOptions {
+    /// No cgroups, nothing on disk: for embedding nanny and for tests.
+    pub fn in_memory(max_concurrent_starts: usize) -> Self {
+        Self {
+            max_concurrent_starts,
+            cgroup_root: None,
+            state_file: None,
+            log_dir: None,
+        }
+    }
+}
+
 struct ServiceHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<ServiceStatus>,
