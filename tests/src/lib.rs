@@ -136,3 +136,12 @@ pub fn nanny(args: &[&str], plugin_dirs: &[&Path], state_dir: &Path) -> (bool, S
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Whether `pid` still runs; a zombie waiting to be reaped does not count.
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}

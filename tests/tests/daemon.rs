@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nanny_tests::is_running;
 use nanny_tests::{nanny, nanny_bin, workspace};
 
 /// A daemon whose stdout lines arrive on a channel.
@@ -66,19 +67,15 @@ impl Drop for Daemon {
     }
 }
 
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(") ")
-            .next()
-            .is_some_and(|rest| !rest.starts_with('Z'))
-    })
-}
-
 /// Waits up to `limit` for all of `pids` to be gone; returns the survivors.
 fn survivors(pids: &[i32], limit: Duration) -> Vec<i32> {
     let start = Instant::now();
     loop {
-        let alive: Vec<i32> = pids.iter().copied().filter(|pid| running(*pid)).collect();
+        let alive: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| is_running(*pid))
+            .collect();
         if alive.is_empty() || start.elapsed() > limit {
             return alive;
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nanny::runtime::cgroup::{self, Cgroup};
 use nanny::runtime::{spawn, OutputLine, ProcessSpec, Stream};
+use nanny_tests::is_running;
 use tokio::sync::mpsc;
 
 fn shell(script: &str) -> ProcessSpec {
@@ -14,17 +15,6 @@ fn shell(script: &str) -> ProcessSpec {
         env: vec![],
         work_dir: None,
     }
-}
-
-/// Whether `pid` still runs (a zombie waiting for init to reap it does not count).
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(") ")
-                .next()
-                .is_some_and(|rest| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn group_empty(pgid: i32) -> bool {
@@ -53,7 +43,7 @@ async fn a_tree_that_ignores_sigterm_is_killed_after_the_grace_period() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(running(child));
+    assert!(is_running(child));
 
     let exit = process
         .stop(libc::SIGTERM, Duration::from_millis(200))
@@ -68,7 +58,7 @@ async fn a_tree_that_ignores_sigterm_is_killed_after_the_grace_period() {
         group_empty(process.pid()),
         "stop returned with the group still populated"
     );
-    assert!(!running(child));
+    assert!(!is_running(child));
 }
 
 #[tokio::test]
@@ -137,12 +127,15 @@ async fn a_setsid_grandchild_is_caught_by_the_cgroup() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(running(escaped));
+    assert!(is_running(escaped));
     process
         .stop(libc::SIGTERM, Duration::from_secs(2))
         .await
         .unwrap();
-    assert!(!running(escaped), "the setsid grandchild outlived the stop");
+    assert!(
+        !is_running(escaped),
+        "the setsid grandchild outlived the stop"
+    );
     assert!(!path.exists(), "the cgroup is removed after the stop");
 }
 
@@ -158,5 +151,5 @@ async fn leftovers_of_a_main_process_that_exits_are_removed() {
         .parse()
         .unwrap();
     assert_eq!(process.wait().await.unwrap().code, Some(0));
-    assert!(!running(left), "the main process's child outlived it");
+    assert!(!is_running(left), "the main process's child outlived it");
 }

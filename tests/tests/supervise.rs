@@ -10,6 +10,7 @@ use nanny::supervise::{
     BackoffPolicy, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec,
     ServiceStatus, State, SuperviseError, Supervisor, SupervisorOptions,
 };
+use nanny_tests::is_running;
 use nanny_tests::nanny_bin;
 use tokio::sync::watch;
 
@@ -86,14 +87,6 @@ async fn until(
     found.unwrap_or_else(|| panic!("never {what}; last status: {:?}", status.borrow()))
 }
 
-fn process_gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit(") ")
-            .next()
-            .is_some_and(|rest| rest.starts_with('Z'))
-    })
-}
-
 #[tokio::test]
 async fn ready_from_an_output_line_and_stopped_with_nothing_left() {
     let supervisor = Supervisor::launch(
@@ -117,7 +110,7 @@ async fn ready_from_an_output_line_and_stopped_with_nothing_left() {
     assert_eq!(logged, ["booting", "READY to serve"]);
     supervisor.stop("lines").await.unwrap();
     assert_eq!(status.borrow().state, State::Stopped);
-    assert!(process_gone(pid), "stop returned while the backend ran on");
+    assert!(!is_running(pid), "stop returned while the backend ran on");
     supervisor.shutdown().await;
 }
 

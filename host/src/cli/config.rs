@@ -6,36 +6,30 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::plugin::{Catalog, Limits, PluginEngine, Value};
+use crate::plugin::Value;
 
-/// Loads `path` and checks it against the plugins: the config and the catalog,
+/// Loads `path` and checks it against the plugins: the config and its services,
 /// or every error printed and `Err(exit code)`.
-pub fn load_checked(
-    path: &Path,
-) -> Result<(Config, Catalog, Vec<crate::supervise::ServiceSpec>), ExitCode> {
+pub fn load_checked(path: &Path) -> Result<(Config, Vec<crate::supervise::ServiceSpec>), ExitCode> {
     let config = Config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(2)
     })?;
-    let cache = crate::paths::component_cache(&config.daemon.state_dir);
-    let engine = PluginEngine::new(Limits::default(), Some(cache)).map_err(|error| {
-        eprintln!("error: cannot start the plugin engine: {error:#}");
-        ExitCode::FAILURE
-    })?;
-    let catalog = Catalog::load(&engine, &config.daemon.plugin_dirs);
-    for problem in catalog.problems() {
-        eprintln!("warning: {problem}");
-    }
+    let catalog = super::load_catalog(&config.daemon.state_dir, &config.daemon.plugin_dirs)
+        .map_err(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        })?;
     let specs = config.service_specs(&catalog).map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(2)
     })?;
-    Ok((config, catalog, specs))
+    Ok((config, specs))
 }
 
 pub fn check(path: &Path) -> ExitCode {
     match load_checked(path) {
-        Ok((_, _, specs)) => {
+        Ok((_, specs)) => {
             println!("{}: ok, {} service(s)", path.display(), specs.len());
             ExitCode::SUCCESS
         }
@@ -44,7 +38,7 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 pub fn show(path: &Path, as_json: bool) -> ExitCode {
-    let (config, _, specs) = match load_checked(path) {
+    let (config, specs) = match load_checked(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };

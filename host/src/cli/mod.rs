@@ -69,6 +69,23 @@ pub enum PluginsAction {
     Inspect { name: String },
 }
 
+/// The plugin catalog as the CLI and the daemon see it: the engine caches compiled
+/// components under `state_dir`; plugins that fail to load are printed as warnings.
+fn load_catalog(
+    state_dir: &std::path::Path,
+    plugin_dirs: &[PathBuf],
+) -> anyhow::Result<crate::plugin::Catalog> {
+    use crate::plugin::{Catalog, Limits, PluginEngine};
+    let cache = crate::paths::component_cache(state_dir);
+    let engine = PluginEngine::new(Limits::default(), Some(cache))
+        .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
+    let catalog = Catalog::load(&engine, plugin_dirs);
+    for problem in catalog.problems() {
+        eprintln!("warning: {problem}");
+    }
+    Ok(catalog)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -2,21 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use super::PluginsAction;
 use crate::paths;
-use crate::plugin::{Catalog, Limits, PluginEngine, PluginInfo};
+use crate::plugin::PluginInfo;
 
 pub fn run(action: PluginsAction, json: bool) -> anyhow::Result<ExitCode> {
-    let cache = paths::component_cache(&paths::default_state_dir());
-    let engine = PluginEngine::new(Limits::default(), Some(cache))
-        .map_err(|error| anyhow::anyhow!("{error:#}"))
-        .context("starting the plugin engine")?;
-    let catalog = Catalog::load(&engine, &paths::env_plugin_dirs());
-    for problem in catalog.problems() {
-        eprintln!("warning: {problem}");
-    }
+    let catalog = super::load_catalog(&paths::default_state_dir(), &paths::env_plugin_dirs())?;
     let infos: Vec<&PluginInfo> = catalog.plugins().map(|plugin| &plugin.info).collect();
     match action {
         PluginsAction::List if json => println!("{}", serde_json::to_string_pretty(&infos)?),

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let (config, _catalog, specs) = match super::config::load_checked(path) {
+    let (config, specs) = match super::config::load_checked(path) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
