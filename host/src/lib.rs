@@ -1,14 +1,19 @@
 //! nanny: a supervisor for model servers.
 //!
-//! `plugin` runs backend plugins; `cli` is the command line; `names` is the one
-//! naming rule. The daemon's other rooms (config, runtime, supervise, gpu, api)
-//! come with their issues.
+//! `plugin` runs backend plugins; `config` reads nanny.toml and service manifests;
+//! `runtime` spawns and contains processes; `supervise` drives each service's state
+//! machine; `gpu` holds what services ask of the GPUs; `cli` is the command line;
+//! `names` is the one naming rule.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod gpu;
+pub mod metrics;
 pub mod mock_backend;
 pub mod names;
 pub mod paths;
 pub mod plugin;
 pub mod runtime;
+pub mod secrets;
 pub mod supervise;

@@ -1,13 +1,18 @@
-//! Helpers for nanny's end-to-end tests: build test plugins for wasm32-wasip2 and
-//! find the built `nanny` binary.
+//! Helpers for nanny's end-to-end tests: build test plugins for wasm32-wasip2,
+//! find the built `nanny` binary, run it as a daemon, await service states.
 
 #[path = "../../host/build/wasm.rs"]
 mod wasm;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::Duration;
+
+use nanny::supervise::ServiceStatus;
+use tokio::sync::watch;
 
 /// The workspace root.
 pub fn workspace() -> &'static Path {
@@ -144,4 +149,99 @@ pub fn is_running(pid: i32) -> bool {
             .next()
             .is_some_and(|rest| !rest.starts_with('Z'))
     })
+}
+
+/// Waits up to `limit` for `status` to satisfy `check`; panics with the last status.
+pub async fn until(
+    status: &mut watch::Receiver<ServiceStatus>,
+    what: &str,
+    limit: Duration,
+    check: impl FnMut(&ServiceStatus) -> bool,
+) -> ServiceStatus {
+    let found = match tokio::time::timeout(limit, status.wait_for(check)).await {
+        Ok(Ok(found)) => Some(found.clone()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| panic!("never {what}; last status: {:?}", status.borrow()))
+}
+
+/// `nanny up` in the background, its stdout lines arriving on a channel.
+pub struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// The API's base URL, from the daemon's first line.
+    pub url: String,
+}
+
+impl Daemon {
+    /// `nanny up CONFIG` on a free loopback port. The mock backend's bare `nanny`
+    /// must resolve next to the daemon's own binary, so PATH is left as it is.
+    pub fn up(config: &Path, state: &Path) -> Self {
+        Self::up_with(config, state, &[])
+    }
+
+    /// As `up`, with extra environment (`NANNY_LISTEN` here beats the free port).
+    pub fn up_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(nanny_bin())
+            .args(["up"])
+            .arg(config)
+            .env("NANNY_STATE_DIR", state)
+            .env("NANNY_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nanny up");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut daemon = Self {
+            child,
+            lines,
+            url: String::new(),
+        };
+        let announced = daemon.expect(|line| line.starts_with("nanny: API on "));
+        daemon.url = announced["nanny: API on ".len()..].to_string();
+        daemon
+    }
+
+    /// Reads lines until one satisfies `check`; panics with what it saw if the
+    /// daemon's output ends first.
+    pub fn expect(&self, check: impl Fn(&str) -> bool) -> String {
+        let mut seen = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            if check(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!("the line never came; saw:\n{}", seen.join("\n"));
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for the daemon to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok()?.code()
+    }
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave its daemon behind; its guardian cleans up the rest.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

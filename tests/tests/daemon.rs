@@ -2,70 +2,9 @@
 //! nothing; `kill -9` of the daemon leaves nothing either, setsid grandchildren
 //! included; bad configs are refused with file, line and key.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nanny_tests::is_running;
-use nanny_tests::{nanny, nanny_bin, workspace};
-
-/// A daemon whose stdout lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    /// `nanny up CONFIG`; the mock backend's bare `nanny` must resolve next to the
-    /// daemon's own binary, so PATH is left as it is.
-    fn up(config: &Path, state: &Path) -> Self {
-        let mut child = Command::new(nanny_bin())
-            .args(["up"])
-            .arg(config)
-            .env("NANNY_STATE_DIR", state)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start nanny up");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Reads lines until one satisfies `check`; panics with what it saw if the
-    /// daemon's output ends first.
-    fn expect(&self, check: impl Fn(&str) -> bool) -> String {
-        let mut seen = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
-            if check(&line) {
-                return line;
-            }
-            seen.push(line);
-        }
-        panic!("the line never came; saw:\n{}", seen.join("\n"));
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave its daemon behind; its guardian cleans up the rest.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use nanny_tests::{is_running, nanny, workspace, Daemon};
 
 /// Waits up to `limit` for all of `pids` to be gone; returns the survivors.
 fn survivors(pids: &[i32], limit: Duration) -> Vec<i32> {
@@ -104,10 +43,7 @@ fn the_quickstart_comes_up_and_ctrl_c_leaves_nothing() {
     );
     daemon.expect(|line| line == "nanny: all services stopped");
     let mut daemon = daemon;
-    assert!(
-        daemon.child.wait().unwrap().success(),
-        "exit 0 after Ctrl-C"
-    );
+    assert_eq!(daemon.wait(), Some(0), "exit 0 after Ctrl-C");
     assert!(survivors(&backends, Duration::ZERO).is_empty());
     let log = std::fs::read_to_string(state.path().join("logs/chat.log")).unwrap();
     assert!(
@@ -164,7 +100,7 @@ fn kill_9_of_the_daemon_leaves_no_process_ten_times_over() {
         );
         daemon.signal(libc::SIGKILL);
         let mut daemon = daemon;
-        daemon.child.wait().unwrap();
+        daemon.wait();
         let left = survivors(&pids, Duration::from_secs(2));
         assert!(
             left.is_empty(),

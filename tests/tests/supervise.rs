@@ -80,11 +80,7 @@ async fn until(
     what: &str,
     check: impl FnMut(&ServiceStatus) -> bool,
 ) -> ServiceStatus {
-    let found = match tokio::time::timeout(Duration::from_secs(60), status.wait_for(check)).await {
-        Ok(Ok(found)) => Some(found.clone()),
-        _ => None,
-    };
-    found.unwrap_or_else(|| panic!("never {what}; last status: {:?}", status.borrow()))
+    nanny_tests::until(status, what, Duration::from_secs(60), check).await
 }
 
 #[tokio::test]
@@ -161,6 +157,66 @@ async fn without_progress_the_deadline_restarts_it() {
             .unwrap_or_default()
             .contains("not ready within"),
         "{restarted:?}"
+    );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ready_backend_reports_its_models_until_it_stops() {
+    let mock = spec(
+        "lister",
+        "mock",
+        vec![setting("models", list(&["tiny-chat", "tiny-embed"]))],
+    );
+    let supervisor = Supervisor::launch(vec![mock], options()).unwrap();
+    let mut status = supervisor.watch("lister").unwrap();
+    let listed = until(&mut status, "models listed", |s| !s.models.is_empty()).await;
+    let ids: Vec<&str> = listed.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["tiny-chat", "tiny-embed"]);
+    assert_eq!(listed.state, State::Ready);
+    supervisor.stop("lister").await.unwrap();
+    assert!(
+        status.borrow().models.is_empty(),
+        "a stopped service serves nothing"
+    );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_configured_probe_path_replaces_the_plugins() {
+    // /health answers 503 from the start, /v1/models answers 200: only the
+    // configured path can make this service ready.
+    let server = |name: &str| {
+        let command = [
+            "nanny",
+            "mock-backend",
+            "--port",
+            "{port}",
+            "--unhealthy-after-secs",
+            "0",
+        ];
+        let mut spec = spec(name, "command", vec![setting("command", list(&command))]);
+        spec.probes.readiness_period = Some(Duration::from_millis(50));
+        spec
+    };
+    let mut overridden = server("models-probed");
+    overridden.probes.path = Some("/v1/models".into());
+    let mut plain = server("health-probed");
+    plain.startup_timeout = Duration::from_secs(2);
+    plain.restart.mode = RestartMode::Never;
+    let supervisor = Supervisor::launch(vec![overridden, plain], options()).unwrap();
+    let mut status = supervisor.watch("models-probed").unwrap();
+    until(&mut status, "ready", |s| s.state == State::Ready).await;
+    let mut status = supervisor.watch("health-probed").unwrap();
+    let down = until(&mut status, "given up", |s| {
+        matches!(s.state, State::Failed { .. } | State::Stopped)
+    })
+    .await;
+    assert!(
+        down.last_failure
+            .unwrap_or_default()
+            .contains("not ready within"),
+        "the plugin's /health path was not the one probed"
     );
     supervisor.shutdown().await;
 }

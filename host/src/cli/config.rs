@@ -6,11 +6,19 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::plugin::Value;
+use crate::plugin::{Catalog, Value};
+use crate::supervise::ServiceSpec;
 
-/// Loads `path` and checks it against the plugins: the config and its services,
-/// or every error printed and `Err(exit code)`.
-pub fn load_checked(path: &Path) -> Result<(Config, Vec<crate::supervise::ServiceSpec>), ExitCode> {
+/// A configuration checked against the plugins it names.
+pub struct Checked {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub specs: Vec<ServiceSpec>,
+}
+
+/// Loads `path` and checks it against the plugins, or prints every error and
+/// returns the exit code.
+pub fn load_checked(path: &Path) -> Result<Checked, ExitCode> {
     let config = Config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(2)
@@ -24,13 +32,17 @@ pub fn load_checked(path: &Path) -> Result<(Config, Vec<crate::supervise::Servic
         eprintln!("{errors}");
         ExitCode::from(2)
     })?;
-    Ok((config, specs))
+    Ok(Checked {
+        config,
+        catalog,
+        specs,
+    })
 }
 
 pub fn check(path: &Path) -> ExitCode {
     match load_checked(path) {
-        Ok((_, specs)) => {
-            println!("{}: ok, {} service(s)", path.display(), specs.len());
+        Ok(checked) => {
+            println!("{}: ok, {} service(s)", path.display(), checked.specs.len());
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -38,8 +50,8 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 pub fn show(path: &Path, as_json: bool) -> ExitCode {
-    let (config, specs) = match load_checked(path) {
-        Ok(loaded) => loaded,
+    let Checked { config, specs, .. } = match load_checked(path) {
+        Ok(checked) => checked,
         Err(code) => return code,
     };
     let services: Vec<_> = specs
@@ -66,6 +78,13 @@ pub fn show(path: &Path, as_json: bool) -> ExitCode {
                     "reset_after_s": spec.restart.backoff.reset_after.as_secs_f64(),
                 },
                 "startup_timeout_s": spec.startup_timeout.as_secs_f64(),
+                "probes": {
+                    "path": spec.probes.path,
+                    "readiness_period_s": spec.probes.readiness_period.map(|d| d.as_secs_f64()),
+                    "liveness_period_s": spec.probes.liveness_period.map(|d| d.as_secs_f64()),
+                    "liveness_timeout_s": spec.probes.liveness_timeout.map(|d| d.as_secs_f64()),
+                },
+                "gpu": spec.gpu,
                 "settings": settings,
             })
         })

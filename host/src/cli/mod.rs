@@ -1,7 +1,10 @@
 //! The `nanny` command line.
 
+mod client;
 mod config;
 mod plugins;
+mod remote;
+mod table;
 mod up;
 
 use std::path::PathBuf;
@@ -14,6 +17,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The daemon's address, for the verbs that talk to it.
+    #[arg(long, global = true, env = "NANNY_URL", default_value = client::DEFAULT_URL)]
+    pub url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +38,39 @@ pub enum Command {
         #[arg(default_value = "nanny.toml")]
         config: PathBuf,
     },
+    /// The services: name, backend, state, uptime, port, GPUs, restarts, models.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start services and wait until they are ready.
+    Start(Action),
+    /// Stop services and wait until their processes are gone.
+    Stop(Action),
+    /// Restart services and wait until they are ready again.
+    Restart(Action),
+    /// A service's output.
+    Logs {
+        name: String,
+        /// Keep printing lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines (at most 10,000).
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every state change as it happens.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's version, uptime and counts.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration, or show it resolved.
     Config {
         #[command(subcommand)]
@@ -42,6 +81,17 @@ pub enum Command {
     Guardian { dir: PathBuf },
     /// A fake OpenAI-compatible server (what the `mock` backend runs).
     MockBackend(crate::mock_backend::MockOptions),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Action {
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Ask, and do not wait.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,7 +138,26 @@ fn load_catalog(
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = client::Client::new(&cli.url);
+    let remote = |result: Result<ExitCode, client::ClientError>| {
+        Ok(result.unwrap_or_else(|error| {
+            eprintln!("nanny: {error}");
+            error.exit_code()
+        }))
+    };
     match cli.command {
+        Command::Ps { json } => remote(remote::ps(&client, json)),
+        Command::Start(action) => remote(act(&client, remote::Verb::Start, action)),
+        Command::Stop(action) => remote(act(&client, remote::Verb::Stop, action)),
+        Command::Restart(action) => remote(act(&client, remote::Verb::Restart, action)),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+            json,
+        } => remote(remote::logs(&client, &name, follow, lines, json)),
+        Command::Events { json } => remote(remote::events(&client, json)),
+        Command::Info { json } => remote(remote::info(&client, json)),
         Command::Plugins { action, json } => {
             plugins::run(action.unwrap_or(PluginsAction::List), json)
         }
@@ -108,4 +177,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn act(
+    client: &client::Client,
+    verb: remote::Verb,
+    action: Action,
+) -> Result<ExitCode, client::ClientError> {
+    remote::act(client, verb, &action.names, !action.no_wait, action.json)
 }

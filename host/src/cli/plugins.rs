@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use super::table::table;
 use super::PluginsAction;
 use crate::paths;
 use crate::plugin::PluginInfo;
@@ -71,47 +72,4 @@ fn inspect_text(info: &PluginInfo) -> String {
         out.push_str(&table(["KEY", "REQUIRED", "DEFAULT", "HELP"], &rows));
     }
     out
-}
-
-/// Left-aligned columns, the last one unpadded.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: [&str; N]| {
-        for (column, cell) in cells.iter().enumerate() {
-            if column + 1 == N {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[column]));
-            }
-        }
-        out.push('\n');
-    };
-    line(header);
-    for row in rows {
-        line(row.each_ref().map(String::as_str));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn pads_every_column_but_the_last() {
-        let rows = [
-            ["vllm".to_string(), "x".to_string()],
-            ["llama-cpp".to_string(), "y".to_string()],
-        ];
-        assert_eq!(
-            table(["NAME", "S"], &rows),
-            "NAME       S\nvllm       x\nllama-cpp  y\n"
-        );
-    }
 }

@@ -1,7 +1,11 @@
 //! `nanny up [CONFIG]`: the daemon in the foreground.
 
+use std::future::IntoFuture;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -17,27 +21,81 @@ macro_rules! say {
 }
 use tokio::sync::broadcast::error::RecvError;
 
+use tokio::sync::watch;
+
+use super::config::Checked;
+use crate::api::{self, Access, ApiState};
 use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let (config, specs) = match super::config::load_checked(path) {
-        Ok(loaded) => loaded,
+    let Checked {
+        config,
+        catalog,
+        specs,
+    } = match super::config::load_checked(path) {
+        Ok(checked) => checked,
         Err(code) => return Ok(code),
+    };
+    let token = match read_token(config.daemon.token_file.as_deref()) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("nanny: {message}");
+            return Ok(ExitCode::from(2));
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let listen = config.daemon.listen;
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("nanny: cannot listen on {listen}: {error} (is another nanny running?)");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let bound = listener.local_addr()?;
+        let access = Access {
+            token,
+            listen: bound,
+        };
+        if let Err(message) = access.check() {
+            eprintln!("nanny: {message}");
+            return Ok(ExitCode::from(2));
+        }
+        say!("nanny: API on http://{bound}");
         let containment = Containment::set_up().await;
         let options = SupervisorOptions {
             max_concurrent_starts: config.daemon.max_concurrent_starts,
             cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
+            ready_url: Some(format!("http://{}", reachable(bound))),
         };
-        let supervisor = Supervisor::launch(specs, options)?;
+        let supervisor = Arc::new(Supervisor::launch(specs, options)?);
         let count = supervisor.statuses().len();
         tokio::spawn(report(supervisor.events()));
+        let (closing, closed) = watch::channel(false);
+        let api = Arc::new(ApiState {
+            supervisor: supervisor.clone(),
+            plugins: catalog
+                .plugins()
+                .map(|plugin| plugin.info.clone())
+                .collect(),
+            started: Instant::now(),
+            listen: bound,
+            access,
+            closing: closed.clone(),
+        });
+        let mut until_closed = closed;
+        let server = tokio::spawn(
+            axum::serve(listener, api::router(api))
+                .with_graceful_shutdown(async move {
+                    let _ = until_closed.wait_for(|closed| *closed).await;
+                })
+                .into_future(),
+        );
         say!(
             "nanny: supervising {count} service(s) from {}; Ctrl-C stops them all",
             path.display()
@@ -54,6 +112,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
         };
+        let _ = closing.send(true);
+        // Open requests get a moment to finish; streams end on `closing`.
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         if let Some(containment) = containment {
             containment.tear_down().await;
         }
@@ -71,6 +132,36 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// The daemon's token: `NANNY_TOKEN`, else the first line of `token_file`.
+fn read_token(token_file: Option<&Path>) -> Result<Option<String>, String> {
+    if let Some(token) = std::env::var("NANNY_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some(token.trim().to_string()));
+    }
+    let Some(file) = token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read the token file {}: {error}", file.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", file.display()));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Where a backend on this machine reaches the daemon: a wildcard bind answers on loopback.
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
 }
 
 /// Prints every state change as it happens.

@@ -1,17 +1,13 @@
 //! Durations as people write them: `500ms`, `10s`, `5m`, `1h`, `1.5s`.
+//! (And the number-then-unit reading that sizes share.)
 
 use std::time::Duration;
 
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like `500ms`, `10s` or `5m`"))?;
-    let seconds = match unit.trim() {
+    let (value, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration like `500ms`, `10s` or `5m`"))?;
+    let seconds = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,
         "m" | "min" => value * 60.0,
@@ -23,6 +19,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// `"1.5GiB"` → `(1.5, "GiB")`; `None` when it does not start with a number.
+pub fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
 }
 
 /// Deserializes a duration written as text.

@@ -45,6 +45,9 @@ impl std::error::Error for ConfigErrors {}
 pub(super) struct Source<'a> {
     pub path: &'a Path,
     pub text: &'a str,
+    /// A YAML manifest is read through its TOML translation, whose offsets mean
+    /// nothing in the file the user wrote; lines are found by key there instead.
+    pub yaml: Option<&'a str>,
 }
 
 impl Source<'_> {
@@ -61,13 +64,31 @@ impl Source<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
+        let key = key.into();
+        let line = match self.yaml {
+            Some(yaml) => yaml_line(yaml, &key),
+            None => self.line_of(offset),
+        };
         ConfigError {
             file: self.path.to_path_buf(),
-            line: self.line_of(offset),
-            key: key.into(),
+            line,
+            key,
             message: message.into(),
         }
     }
+}
+
+/// The first line that sets the last part of `key` (`settings.model` → `model:`).
+fn yaml_line(yaml: &str, key: &str) -> usize {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    yaml.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches("- ");
+            let line = line.trim_start_matches(['"', '\'']);
+            line.strip_prefix(leaf)
+                .is_some_and(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':'))
+        })
+        .map_or(1, |index| index + 1)
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.
@@ -110,7 +131,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::did_you_mean;
+    use super::{did_you_mean, yaml_line};
+
+    #[test]
+    fn finds_a_yaml_key_by_its_last_part() {
+        let yaml = "name: chat\nbackend: mock\nsettings:\n  \"model\": x\n";
+        assert_eq!(yaml_line(yaml, "backend"), 2);
+        assert_eq!(yaml_line(yaml, "settings.model"), 4);
+        assert_eq!(yaml_line(yaml, "absent"), 1);
+    }
 
     #[test]
     fn suggests_near_misses_only() {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration;
+use crate::gpu::GpuDevices;
 use crate::supervise::{Condition, RestartMode};
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +49,8 @@ impl Default for RawDaemon {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
+    /// Only in a manifest under `services_dir`; in `nanny.toml` the table names the service.
+    pub name: Option<Spanned<String>>,
     pub backend: Spanned<String>,
     pub model: Option<String>,
     #[serde(default = "loopback")]
@@ -69,6 +72,18 @@ pub struct RawService {
     pub startup_timeout: Duration,
     #[serde(default)]
     pub settings: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// `gpus = 2`, `gpus = [0, 2]` or `gpus = ["GPU-…"]`.
+    pub gpus: Option<Spanned<toml::Value>>,
+    /// `vram = "20GiB"`.
+    pub vram: Option<Spanned<String>>,
+    // What people already write in service manifests, read as the keys above.
+    /// `gpu_required = true` is `gpus = 1`.
+    pub gpu_required: Option<Spanned<bool>>,
+    /// `vram_gb = 24` is `vram = "24GiB"`.
+    pub vram_gb: Option<Spanned<f64>>,
+    /// `health_endpoint = "/health"` is `probes.path = "/health"`.
+    #[serde(alias = "health", alias = "health_check", alias = "health_path")]
+    pub health_endpoint: Option<Spanned<String>>,
 }
 
 fn loopback() -> String {
@@ -147,10 +162,72 @@ fn on_failure() -> RestartMode {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProbes {
+    /// The HTTP path probed instead of the plugin's.
+    pub path: Option<String>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub readiness_period: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub liveness_period: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub liveness_timeout: Option<Duration>,
+}
+
+/// `gpus = 2`, `gpus = [0, 2]`, `gpus = ["GPU-8f…"]`, read by hand like `depends_on`.
+pub fn gpu_devices(value: &toml::Value) -> Result<GpuDevices, String> {
+    let invalid = || "must be a count, or a list of GPU indices or UUIDs".to_string();
+    match value {
+        toml::Value::Integer(0) => Ok(GpuDevices::None),
+        toml::Value::Integer(count) => u32::try_from(*count)
+            .map(GpuDevices::Count)
+            .map_err(|_| invalid()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::Integer(index) if *index >= 0 => Ok(index.to_string()),
+                toml::Value::String(uuid) if !uuid.is_empty() => Ok(uuid.clone()),
+                _ => Err(invalid()),
+            })
+            .collect::<Result<_, _>>()
+            .map(GpuDevices::Named),
+        _ => Err(invalid()),
+    }
+}
+
+/// `"20GiB"`, `"512MiB"`, `"24GB"` (read as GiB, as people mean it) → MiB.
+pub fn vram_mib(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = duration::number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a size like \"20GiB\" or \"512MiB\""))?;
+    let mib_per_unit = match unit.to_ascii_lowercase().as_str() {
+        "gib" | "gb" | "g" => 1024.0,
+        "mib" | "mb" | "m" => 1.0,
+        "tib" | "tb" | "t" => 1024.0 * 1024.0,
+        _ => return Err(format!("`{text}`: the unit must be MiB, GiB or TiB")),
+    };
+    Ok((number * mib_per_unit).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_gpu_requests() {
+        let value = |text: &str| {
+            toml::from_str::<toml::Table>(&format!("v = {text}")).unwrap()["v"].clone()
+        };
+        assert_eq!(gpu_devices(&value("2")), Ok(GpuDevices::Count(2)));
+        assert_eq!(gpu_devices(&value("0")), Ok(GpuDevices::None));
+        assert_eq!(
+            gpu_devices(&value("[0, \"GPU-8f2a\"]")),
+            Ok(GpuDevices::Named(vec!["0".into(), "GPU-8f2a".into()]))
+        );
+        assert!(gpu_devices(&value("-1")).is_err());
+        assert!(gpu_devices(&value("[true]")).is_err());
+        assert_eq!(vram_mib("20GiB"), Ok(20 * 1024));
+        assert_eq!(vram_mib("512 MiB"), Ok(512));
+        assert_eq!(vram_mib("1.5GB"), Ok(1536));
+        assert!(vram_mib("lots").is_err());
+        assert!(vram_mib("3 bananas").unwrap_err().contains("unit"));
+    }
 }

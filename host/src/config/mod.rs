@@ -1,9 +1,10 @@
-//! `nanny.toml`: parsing, `NANNY_*` overrides, and validation against the plugins.
-//! Every error names the file, the line and the key.
+//! `nanny.toml` and the service manifests beside it: parsing, `NANNY_*` overrides,
+//! and validation against the plugins. Every error names the file, the line and the key.
 
 mod duration;
 mod error;
 mod file;
+mod manifest;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::gpu::{GpuDevices, GpuRequest};
 use crate::supervise::Condition;
 use error::Source;
 pub use error::{did_you_mean, ConfigError, ConfigErrors};
 use file::{RawConfig, RawService, RestartSetting};
+use manifest::ManifestFile;
 
 use crate::plugin::{Catalog, Service, Setting, Value};
 use crate::supervise::{
@@ -33,13 +36,36 @@ pub struct DaemonConfig {
     pub max_concurrent_starts: usize,
 }
 
-/// A parsed configuration file.
+/// A parsed configuration: `nanny.toml` and the manifests under its `services_dir`.
 pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
     text: String,
-    raw: RawConfig,
+    manifests: Vec<ManifestFile>,
+    services: Vec<Declared>,
 }
+
+/// One service as written, and where.
+struct Declared {
+    name: String,
+    /// Where the name is written, for errors about the service as a whole.
+    name_offset: usize,
+    /// `None`: `nanny.toml`; else an index into `Config::manifests`.
+    manifest: Option<usize>,
+    raw: RawService,
+}
+
+impl Declared {
+    /// The key as the user wrote it: `services.chat.port` in nanny.toml, `port` in a manifest.
+    fn key(&self, suffix: &str) -> String {
+        match self.manifest {
+            None => format!("services.{}.{suffix}", self.name),
+            Some(_) => suffix.to_string(),
+        }
+    }
+}
+
+const BAD_NAME: &str = "service names are lowercase letters, digits and `_.-`, starting with a letter or digit, at most 63";
 
 impl Config {
     /// Reads and parses `path`, applying `NANNY_*` environment overrides.
@@ -55,21 +81,61 @@ impl Config {
         Self::parse(path, text)
     }
 
-    /// Parses `text` as if read from `path`.
+    /// Parses `text` as if read from `path`, with the manifests under its `services_dir`.
     pub fn parse(path: &Path, text: String) -> Result<Self, ConfigErrors> {
-        let source = Source { path, text: &text };
+        let source = Source {
+            path,
+            text: &text,
+            yaml: None,
+        };
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|error| ConfigErrors(vec![parse_error(&source, &error)]))?;
-        let daemon = resolve_daemon(&source, &raw)?;
+        let mut daemon = resolve_daemon(&source, &raw)?;
         let mut errors = Vec::new();
-        for name in raw.services.keys() {
+        let mut services = Vec::new();
+        for (name, service) in raw.services {
             if !crate::names::is_valid(name.get_ref()) {
-                let message = "service names are lowercase letters, digits and `_.-`, starting with a letter or digit, at most 63";
                 errors.push(source.error(
                     name.span().start,
                     format!("services.{}", name.get_ref()),
-                    message,
+                    BAD_NAME,
                 ));
+            }
+            if let Some(inner) = &service.name {
+                errors.push(source.error(
+                    inner.span().start,
+                    format!("services.{}.name", name.get_ref()),
+                    "`name` is for service manifests; here the table's name is the service's",
+                ));
+            }
+            services.push(Declared {
+                name_offset: name.span().start,
+                name: name.into_inner(),
+                manifest: None,
+                raw: service,
+            });
+        }
+        let mut manifests = Vec::new();
+        if let Some(dir) = &mut daemon.services_dir {
+            if dir.is_relative() {
+                *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+            }
+            match manifest::discover(dir) {
+                Ok(found) => {
+                    for manifest_path in found {
+                        match declare_manifest(&manifest_path, manifests.len(), &services) {
+                            Ok((file, declared)) => {
+                                manifests.push(file);
+                                services.push(declared);
+                            }
+                            Err(error) => errors.push(error),
+                        }
+                    }
+                }
+                Err(message) => {
+                    let offset = text.find("services_dir").unwrap_or(0);
+                    errors.push(source.error(offset, "daemon.services_dir", message));
+                }
             }
         }
         if !errors.is_empty() {
@@ -79,14 +145,19 @@ impl Config {
             path: path.to_path_buf(),
             daemon,
             text,
-            raw,
+            manifests,
+            services,
         })
     }
 
-    fn source(&self) -> Source<'_> {
-        Source {
-            path: &self.path,
-            text: &self.text,
+    fn source_of(&self, declared: &Declared) -> Source<'_> {
+        match declared.manifest {
+            Some(index) => self.manifests[index].source(),
+            None => Source {
+                path: &self.path,
+                text: &self.text,
+                yaml: None,
+            },
         }
     }
 
@@ -94,15 +165,15 @@ impl Config {
     /// settings are the plugin's, dependencies exist and form no cycle; ports are
     /// assigned from `port_range` where none is configured.
     pub fn service_specs(&self, catalog: &Catalog) -> Result<Vec<ServiceSpec>, ConfigErrors> {
-        let source = self.source();
         let mut errors = Vec::new();
         let mut specs = Vec::new();
         let mut ports = PortPicker::new(
             self.daemon.port_range,
-            self.raw.services.values().filter_map(|s| s.port),
+            self.services.iter().filter_map(|s| s.raw.port),
         );
-        for (name, raw) in &self.raw.services {
-            let key = |suffix: &str| format!("services.{}.{suffix}", name.get_ref());
+        for declared in &self.services {
+            let source = self.source_of(declared);
+            let raw = &declared.raw;
             let Some(plugin) = catalog.get(raw.backend.get_ref()) else {
                 let known: Vec<&str> = catalog.plugins().map(|p| p.name()).collect();
                 let hint = did_you_mean(raw.backend.get_ref(), known.iter().copied()).map_or_else(
@@ -111,56 +182,26 @@ impl Config {
                 );
                 errors.push(source.error(
                     raw.backend.span().start,
-                    key("backend"),
+                    declared.key("backend"),
                     format!("no backend named `{}`{hint}", raw.backend.get_ref()),
                 ));
                 continue;
             };
-            let settings = check_settings(&source, name.get_ref(), raw, plugin, &mut errors);
-            let depends_on: Vec<(String, Condition)> = match &raw.depends_on {
-                None => Vec::new(),
-                Some(value) => {
-                    let offset = value.span().start;
-                    let entries = file::depends_on(value.get_ref()).unwrap_or_else(|message| {
-                        errors.push(source.error(offset, key("depends_on"), message));
-                        Vec::new()
-                    });
-                    for (dependency, _) in &entries {
-                        if !self
-                            .raw
-                            .services
-                            .keys()
-                            .any(|other| other.get_ref() == dependency)
-                        {
-                            let known = self.raw.services.keys().map(|k| k.get_ref().as_str());
-                            let hint = did_you_mean(dependency, known)
-                                .map_or(String::new(), |close| {
-                                    format!("; did you mean `{close}`?")
-                                });
-                            errors.push(source.error(
-                                offset,
-                                key("depends_on"),
-                                format!("no service named `{dependency}`{hint}"),
-                            ));
-                        }
-                    }
-                    entries
-                }
-            };
-            let port = match raw.port.or_else(|| ports.next()) {
-                Some(port) => port,
-                None => {
-                    errors.push(source.error(
-                        name.span().start,
-                        key("port"),
-                        "no free port left in `daemon.port_range`",
-                    ));
-                    continue;
-                }
+            let settings = check_settings(&source, declared, plugin, &mut errors);
+            let depends_on = self.dependencies(&source, declared, &mut errors);
+            let gpu = gpu_request(&source, declared, &mut errors);
+            let health_path = health_path(&source, declared, &mut errors);
+            let Some(port) = raw.port.or_else(|| ports.next()) else {
+                errors.push(source.error(
+                    declared.name_offset,
+                    declared.key("port"),
+                    "no free port left in `daemon.port_range`",
+                ));
+                continue;
             };
             specs.push(ServiceSpec {
                 service: Service {
-                    name: name.get_ref().clone(),
+                    name: declared.name.clone(),
                     host: raw.host.clone(),
                     port,
                     model: raw.model.clone(),
@@ -170,7 +211,7 @@ impl Config {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
-                    work_dir: raw.work_dir.as_ref().map(|dir| dir.display().to_string()),
+                    work_dir: self.work_dir(declared).map(|dir| dir.display().to_string()),
                     gpus: Vec::new(),
                     settings,
                 },
@@ -180,10 +221,12 @@ impl Config {
                 depends_on,
                 autostart: raw.autostart,
                 probes: ProbeOverrides {
+                    path: health_path,
                     readiness_period: raw.probes.readiness_period,
                     liveness_period: raw.probes.liveness_period,
                     liveness_timeout: raw.probes.liveness_timeout,
                 },
+                gpu,
             });
         }
         if errors.is_empty() {
@@ -198,14 +241,13 @@ impl Config {
                 .collect();
             if let Err(cycle) = dependency_order(&graph) {
                 let first = self
-                    .raw
                     .services
-                    .keys()
-                    .find(|name| *name.get_ref() == cycle[0])
-                    .map_or(0, |name| name.span().start);
-                errors.push(source.error(
-                    first,
-                    format!("services.{}.depends_on", cycle[0]),
+                    .iter()
+                    .find(|declared| declared.name == cycle[0])
+                    .expect("a cycle is made of declared services");
+                errors.push(self.source_of(first).error(
+                    first.name_offset,
+                    first.key("depends_on"),
                     format!("dependency cycle: {}", cycle.join(" → ")),
                 ));
             }
@@ -215,6 +257,164 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// `depends_on`, with every name checked against the declared services.
+    fn dependencies(
+        &self,
+        source: &Source<'_>,
+        declared: &Declared,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<(String, Condition)> {
+        let Some(value) = &declared.raw.depends_on else {
+            return Vec::new();
+        };
+        let offset = value.span().start;
+        let entries = file::depends_on(value.get_ref()).unwrap_or_else(|message| {
+            errors.push(source.error(offset, declared.key("depends_on"), message));
+            Vec::new()
+        });
+        for (dependency, _) in &entries {
+            if !self.services.iter().any(|other| other.name == *dependency) {
+                let known = self.services.iter().map(|other| other.name.as_str());
+                let hint = did_you_mean(dependency, known)
+                    .map_or(String::new(), |close| format!("; did you mean `{close}`?"));
+                errors.push(source.error(
+                    offset,
+                    declared.key("depends_on"),
+                    format!("no service named `{dependency}`{hint}"),
+                ));
+            }
+        }
+        entries
+    }
+
+    /// A manifest's service runs in the manifest's folder unless it says otherwise,
+    /// and a relative `work_dir` there is relative to that folder.
+    fn work_dir(&self, declared: &Declared) -> Option<PathBuf> {
+        let configured = declared.raw.work_dir.clone();
+        match declared.manifest {
+            None => configured,
+            Some(index) => {
+                let dir = self.manifests[index].dir();
+                Some(configured.map_or_else(|| dir.to_path_buf(), |path| dir.join(path)))
+            }
+        }
+    }
+}
+
+/// Reads one manifest into a declared service, named by its `name` or its folder.
+fn declare_manifest(
+    path: &Path,
+    index: usize,
+    declared: &[Declared],
+) -> Result<(ManifestFile, Declared), ConfigError> {
+    let (file, raw) = manifest::read(path)?;
+    let source = file.source();
+    let (name, name_offset) = match &raw.name {
+        Some(name) => (name.get_ref().clone(), name.span().start),
+        None => {
+            let folder = file.dir().file_name().unwrap_or_default();
+            (folder.to_string_lossy().into_owned(), 0)
+        }
+    };
+    if !crate::names::is_valid(&name) {
+        return Err(source.error(name_offset, "name", format!("`{name}`: {BAD_NAME}")));
+    }
+    if declared.iter().any(|other| other.name == name) {
+        return Err(source.error(
+            name_offset,
+            "name",
+            format!("a service named `{name}` is already declared"),
+        ));
+    }
+    let declared = Declared {
+        name,
+        name_offset,
+        manifest: Some(index),
+        raw,
+    };
+    Ok((file, declared))
+}
+
+/// `gpus`/`vram`, or their manifest spellings `gpu_required`/`vram_gb` (not both).
+fn gpu_request(
+    source: &Source<'_>,
+    declared: &Declared,
+    errors: &mut Vec<ConfigError>,
+) -> GpuRequest {
+    let raw = &declared.raw;
+    let mut request = GpuRequest::default();
+    match (&raw.gpus, &raw.gpu_required) {
+        (Some(_), Some(required)) => errors.push(source.error(
+            required.span().start,
+            declared.key("gpu_required"),
+            "set `gpus` or `gpu_required`, not both",
+        )),
+        (Some(gpus), None) => match file::gpu_devices(gpus.get_ref()) {
+            Ok(devices) => request.devices = devices,
+            Err(message) => {
+                errors.push(source.error(gpus.span().start, declared.key("gpus"), message))
+            }
+        },
+        (None, Some(required)) if *required.get_ref() => request.devices = GpuDevices::Count(1),
+        (None, _) => {}
+    }
+    match (&raw.vram, &raw.vram_gb) {
+        (Some(_), Some(gb)) => errors.push(source.error(
+            gb.span().start,
+            declared.key("vram_gb"),
+            "set `vram` or `vram_gb`, not both",
+        )),
+        (Some(vram), None) => match file::vram_mib(vram.get_ref()) {
+            Ok(mib) => request.vram_mib = Some(mib),
+            Err(message) => {
+                errors.push(source.error(vram.span().start, declared.key("vram"), message))
+            }
+        },
+        (None, Some(gb)) if *gb.get_ref() >= 0.0 => {
+            request.vram_mib = Some((gb.get_ref() * 1024.0).round() as u64);
+        }
+        (None, Some(gb)) => errors.push(source.error(
+            gb.span().start,
+            declared.key("vram_gb"),
+            "must not be negative",
+        )),
+        (None, None) => {}
+    }
+    request
+}
+
+/// `probes.path`, or a manifest's `health_endpoint` (not both); it must be a path.
+fn health_path(
+    source: &Source<'_>,
+    declared: &Declared,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let raw = &declared.raw;
+    let path = match (&raw.probes.path, &raw.health_endpoint) {
+        (Some(_), Some(endpoint)) => {
+            errors.push(source.error(
+                endpoint.span().start,
+                declared.key("health_endpoint"),
+                "set `probes.path` or `health_endpoint`, not both",
+            ));
+            return None;
+        }
+        (Some(path), None) => path.clone(),
+        (None, Some(endpoint)) => endpoint.get_ref().clone(),
+        (None, None) => return None,
+    };
+    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+        Some(path)
+    } else {
+        let offset = raw.health_endpoint.as_ref().map_or(0, |e| e.span().start);
+        errors.push(source.error(
+            offset,
+            declared.key("health_endpoint"),
+            format!("`{path}` must be an HTTP path starting with `/`"),
+        ));
+        None
     }
 }
 
@@ -226,12 +426,7 @@ fn parse_error(source: &Source<'_>, error: &toml::de::Error) -> ConfigError {
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next());
     let Some(unknown) = unknown else {
-        let key = source
-            .text
-            .get(error.span().unwrap_or(0..0))
-            .unwrap_or_default()
-            .trim();
-        return source.error(offset, key.lines().next().unwrap_or_default(), message);
+        return source.error(offset, key_at(source.text, offset), message);
     };
     let expected: Vec<&str> = message
         .split("expected")
@@ -246,6 +441,18 @@ fn parse_error(source: &Source<'_>, error: &toml::de::Error) -> ConfigError {
         |close| format!("unknown key; did you mean `{close}`?"),
     );
     source.error(offset, unknown, hint)
+}
+
+/// The key on the line at `offset` (`port = "x"` → `port`), for errors that point
+/// at a value.
+fn key_at(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) => key.trim().trim_matches('"'),
+        None => line.trim(),
+    }
 }
 
 fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, ConfigErrors> {
@@ -301,15 +508,15 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
 /// The service's settings, converted, with unknown and missing keys reported.
 fn check_settings(
     source: &Source<'_>,
-    service: &str,
-    raw: &RawService,
+    declared: &Declared,
     plugin: &crate::plugin::Plugin,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Setting> {
+    let raw = &declared.raw;
     let specs = &plugin.info.settings;
     let mut settings = Vec::new();
     for (key, value) in &raw.settings {
-        let full_key = format!("services.{service}.settings.{}", key.get_ref());
+        let full_key = declared.key(&format!("settings.{}", key.get_ref()));
         if !specs.iter().any(|spec| spec.key == *key.get_ref()) {
             let known = specs.iter().map(|spec| spec.key.as_str());
             let hint = did_you_mean(key.get_ref(), known).map_or_else(
@@ -345,13 +552,9 @@ fn check_settings(
     }
     for spec in specs.iter().filter(|spec| spec.required) {
         if !raw.settings.keys().any(|key| *key.get_ref() == spec.key) {
-            let offset = source
-                .text
-                .find(&format!("services.{service}"))
-                .unwrap_or(raw.backend.span().start);
             errors.push(source.error(
-                offset,
-                format!("services.{service}.settings.{}", spec.key),
+                declared.name_offset,
+                declared.key(&format!("settings.{}", spec.key)),
                 format!("required by the {} backend: {}", plugin.name(), spec.help),
             ));
         }

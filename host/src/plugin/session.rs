@@ -206,7 +206,10 @@ impl SessionHandle {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |session| {
-            let _ = reply.send(work(session));
+            let began = std::time::Instant::now();
+            let result = work(session);
+            crate::metrics::observe_plugin_call(session.plugin.name(), began.elapsed());
+            let _ = reply.send(result);
         });
         self.jobs.send(job).map_err(|_| gone())?;
         match tokio::time::timeout(self.patience, answer).await {

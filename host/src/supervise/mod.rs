@@ -11,6 +11,7 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
@@ -21,7 +22,7 @@ pub use logs::{LogBook, LogLine};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
-pub use state::{ServiceStatus, State, StateChange};
+pub use state::{ModelInfo, ServiceStatus, State, StateChange};
 
 use service::{Runner, Shared};
 
@@ -35,6 +36,8 @@ pub struct SupervisorOptions {
     pub state_file: Option<PathBuf>,
     /// Where each service's output is written (`<service>.log`, rotated).
     pub log_dir: Option<PathBuf>,
+    /// The daemon's base URL; backends get `NANNY_READY_URL` under it.
+    pub ready_url: Option<String>,
 }
 
 impl SupervisorOptions {
@@ -45,6 +48,7 @@ impl SupervisorOptions {
             cgroup_root: None,
             state_file: None,
             log_dir: None,
+            ready_url: None,
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct Supervisor {
     events: broadcast::Sender<StateChange>,
     /// Subscribed before any task ran, so the first reader misses nothing.
     first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
+    /// Set once `shutdown` begins: nothing starts after that.
+    shutting_down: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,8 @@ pub enum SuperviseError {
     UnknownDependency { service: String, missing: String },
     #[error("no service named `{0}`")]
     UnknownService(String),
+    #[error("nanny is shutting down")]
+    ShuttingDown,
 }
 
 impl Supervisor {
@@ -114,12 +122,17 @@ impl Supervisor {
             cgroup_root: options.cgroup_root,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
             events: events.clone(),
+            ready_url: options.ready_url,
         };
         let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
             .map(|spec| {
-                let mut status =
-                    ServiceStatus::new(&spec.service.name, spec.plugin.name(), spec.service.port);
+                let mut status = ServiceStatus::new(
+                    &spec.service.name,
+                    spec.plugin.name(),
+                    &spec.plugin.info.version,
+                    spec.service.port,
+                );
                 if let Some(earlier) = remembered.get(&spec.service.name) {
                     status.restarts = earlier.restarts;
                     status.last_failure = earlier.last_failure.clone();
@@ -172,6 +185,7 @@ impl Supervisor {
             order,
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
+            shutting_down: AtomicBool::new(false),
         })
     }
 
@@ -194,6 +208,11 @@ impl Supervisor {
         first.unwrap_or_else(|| self.events.subscribe())
     }
 
+    /// Every state change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.events.subscribe()
+    }
+
     /// One service's output: its recent lines and a live feed.
     pub fn logs(&self, name: &str) -> Result<Arc<LogBook>, SuperviseError> {
         Ok(self.handle(name)?.logs.clone())
@@ -211,13 +230,36 @@ impl Supervisor {
     }
 
     pub async fn start(&self, name: &str) -> Result<(), SuperviseError> {
-        let _ = self.handle(name)?.commands.send(Command::Start).await;
-        Ok(())
+        self.send(name, Command::Start).await
     }
 
     pub async fn restart(&self, name: &str) -> Result<(), SuperviseError> {
-        let _ = self.handle(name)?.commands.send(Command::Restart).await;
+        self.send(name, Command::Restart).await
+    }
+
+    async fn send(&self, name: &str, command: Command) -> Result<(), SuperviseError> {
+        let handle = self.handle(name)?;
+        if self.is_shutting_down() {
+            return Err(SuperviseError::ShuttingDown);
+        }
+        let _ = handle.commands.send(command).await;
         Ok(())
+    }
+
+    /// A backend's ready callback: marks the service ready at once when `token` is
+    /// its current launch's; `Ok(false)` for any other token.
+    pub async fn mark_ready(&self, name: &str, token: &str) -> Result<bool, SuperviseError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::MarkReady {
+            token: token.to_string(),
+            reply,
+        };
+        self.send(name, command).await?;
+        Ok(answer.await.unwrap_or(false))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Stops one service; returns once its processes are gone.
@@ -236,13 +278,15 @@ impl Supervisor {
     }
 
     /// Stops every service, dependents before what they depend on, and ends the tasks.
-    pub async fn shutdown(self) {
+    /// Later calls to `start` and `restart` fail with `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         for name in self.order.iter().rev() {
             let _ = self.stop(name).await;
         }
-        for (_, handle) in self.services {
-            drop(handle.commands);
-            let _ = handle.task.await;
+        for handle in self.services.values() {
+            // Every service is stopped; what is left of each task is its idle loop.
+            handle.task.abort();
         }
     }
 }

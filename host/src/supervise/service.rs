@@ -13,7 +13,8 @@ use tokio::time::{interval, interval_at, sleep_until, Instant, Interval, MissedT
 use super::backoff::{Backoff, BackoffPolicy};
 use super::logs::LogBook;
 use super::probe;
-use super::state::{unix_ms, ServiceStatus, State, StateChange};
+use super::state::{unix_ms, ModelInfo, ServiceStatus, State, StateChange};
+use crate::gpu::GpuRequest;
 use crate::plugin::{
     ExitAdvice, HttpResponse, Launch, Output, Plan, Plugin, PluginSession, Progress, Service,
     SessionHandle,
@@ -26,6 +27,8 @@ const EXIT_LINES: usize = 50;
 /// Failed liveness probes in a row that restart the backend (kubelet's default).
 const LIVENESS_FAILURE_THRESHOLD: u32 = 3;
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// How long a ready backend may take to list its models.
+const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -64,6 +67,8 @@ pub enum Condition {
 /// The service's own probe settings, which override the plugin's plan.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOverrides {
+    /// Probed instead of the plugin's paths (a manifest's health endpoint).
+    pub path: Option<String>,
     pub readiness_period: Option<Duration>,
     pub liveness_period: Option<Duration>,
     pub liveness_timeout: Option<Duration>,
@@ -74,6 +79,12 @@ impl ProbeOverrides {
         let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
         if let Some(period) = self.readiness_period {
             plan.readiness.period_ms = ms(period);
+        }
+        if let Some(path) = &self.path {
+            plan.readiness.path.clone_from(path);
+            if let Some(liveness) = plan.liveness.as_mut() {
+                liveness.path.clone_from(path);
+            }
         }
         if let Some(liveness) = plan.liveness.as_mut() {
             if let Some(period) = self.liveness_period {
@@ -96,6 +107,7 @@ pub struct ServiceSpec {
     pub depends_on: Vec<(String, Condition)>,
     pub autostart: bool,
     pub probes: ProbeOverrides,
+    pub gpu: GpuRequest,
 }
 
 impl ServiceSpec {
@@ -111,6 +123,7 @@ impl ServiceSpec {
             depends_on: Vec::new(),
             autostart: true,
             probes: ProbeOverrides::default(),
+            gpu: GpuRequest::default(),
         }
     }
 }
@@ -121,6 +134,12 @@ pub enum Command {
     Start,
     Restart,
     Stop(oneshot::Sender<()>),
+    /// The backend announced itself at `NANNY_READY_URL`; the reply says whether
+    /// the token was this launch's.
+    MarkReady {
+        token: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// What one service task shares with the others.
@@ -130,6 +149,8 @@ pub(super) struct Shared {
     pub starts: Arc<Semaphore>,
     /// Every state change of every service, in order.
     pub events: broadcast::Sender<StateChange>,
+    /// The daemon's address for ready callbacks (`http://127.0.0.1:7878`), if it serves them.
+    pub ready_url: Option<String>,
 }
 
 /// Why one launch ended.
@@ -213,6 +234,10 @@ impl Runner {
                         let _ = reply.send(());
                         continue;
                     }
+                    Some(Command::MarkReady { reply, .. }) => {
+                        let _ = reply.send(false);
+                        continue;
+                    }
                 }
             }
             if let Some(reply) = self.await_dependencies().await {
@@ -281,17 +306,24 @@ impl Runner {
         self.set(State::Backoff {
             next_try_unix_ms: unix_ms(SystemTime::now() + delay),
         });
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Some(true),
-            command = self.commands.recv() => match command {
-                None => None,
-                Some(Command::Start | Command::Restart) => Some(true),
-                Some(Command::Stop(reply)) => {
-                    self.set(State::Stopped);
-                    let _ = reply.send(());
-                    Some(false)
-                }
-            },
+        let wake = tokio::time::sleep(delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => return Some(true),
+                command = self.commands.recv() => match command {
+                    None => return None,
+                    Some(Command::Start | Command::Restart) => return Some(true),
+                    Some(Command::Stop(reply)) => {
+                        self.set(State::Stopped);
+                        let _ = reply.send(());
+                        return Some(false);
+                    }
+                    Some(Command::MarkReady { reply, .. }) => {
+                        let _ = reply.send(false);
+                    }
+                },
+            }
         }
     }
 
@@ -355,7 +387,8 @@ impl Runner {
         };
         self.spec.probes.apply(&mut plan);
         let (lines_in, lines) = mpsc::channel(256);
-        let process = match self.spawn_process(&plan, lines_in) {
+        let ready_token = crate::secrets::random_token();
+        let process = match self.spawn_process(&plan, &ready_token, lines_in) {
             Ok(process) => process,
             Err(reason) => return Outcome::GaveUp(reason),
         };
@@ -369,15 +402,21 @@ impl Runner {
             lines,
             permit,
             tail: VecDeque::new(),
+            ready_token,
+            launched_at: Instant::now(),
         };
         let outcome = launch.watch().await;
-        self.status.send_modify(|status| status.pid = None);
+        self.status.send_modify(|status| {
+            status.pid = None;
+            status.models.clear();
+        });
         outcome
     }
 
     fn spawn_process(
         &mut self,
         plan: &Plan,
+        ready_token: &str,
         lines: mpsc::Sender<OutputLine>,
     ) -> Result<ProcessHandle, String> {
         let Launch::Process(process) = &plan.launch else {
@@ -386,6 +425,13 @@ impl Runner {
         let name = &self.spec.service.name;
         let mut env = process.env.clone();
         env.push(("NANNY_SERVICE".into(), name.clone()));
+        if let Some(base) = &self.shared.ready_url {
+            env.push((
+                "NANNY_READY_URL".into(),
+                format!("{base}/v1/services/{name}/ready"),
+            ));
+            env.push(("NANNY_READY_TOKEN".into(), ready_token.to_string()));
+        }
         let spec = ProcessSpec {
             program: process.program.clone(),
             args: process.args.clone(),
@@ -412,6 +458,9 @@ async fn wait_for_stop(commands: &mut mpsc::Receiver<Command>) -> Option<oneshot
         match commands.recv().await? {
             Command::Stop(reply) => return Some(reply),
             Command::Start | Command::Restart => {}
+            Command::MarkReady { reply, .. } => {
+                let _ = reply.send(false);
+            }
         }
     }
 }
@@ -425,6 +474,9 @@ struct Running<'a> {
     lines: mpsc::Receiver<OutputLine>,
     permit: Option<OwnedSemaphorePermit>,
     tail: VecDeque<String>,
+    /// What this launch's ready callback must present.
+    ready_token: String,
+    launched_at: Instant,
 }
 
 enum Event {
@@ -527,6 +579,14 @@ impl Running<'_> {
                     return self.stop_for(Outcome::Restart).await
                 }
                 Event::Command(Some(Command::Start)) => continue,
+                Event::Command(Some(Command::MarkReady { token, reply })) => {
+                    let valid = crate::secrets::same(&token, &self.ready_token);
+                    let _ = reply.send(valid);
+                    if !valid {
+                        continue;
+                    }
+                    Ok(Progress::Ready)
+                }
             };
             match progress {
                 Ok(Progress::Ready) if !ready => {
@@ -540,6 +600,11 @@ impl Running<'_> {
                     self.permit = None;
                     self.runner.backoff.ready();
                     self.runner.set(State::Ready);
+                    crate::metrics::observe_time_to_ready(
+                        &self.runner.spec.service.name,
+                        self.launched_at.elapsed(),
+                    );
+                    self.discover_models().await;
                 }
                 Ok(Progress::Loading(percent)) if !ready => {
                     deadline = Instant::now() + startup_timeout;
@@ -574,14 +639,16 @@ impl Running<'_> {
 
     async fn probe(&mut self, path: &str, timeout_ms: u32) -> Result<Progress, String> {
         let service = &self.runner.spec.service;
-        let Some(answer) = probe::get(
+        let asked = Instant::now();
+        let answer = probe::get(
             &service.host,
             service.port,
             path,
             Duration::from_millis(u64::from(timeout_ms)),
         )
-        .await
-        else {
+        .await;
+        crate::metrics::observe_probe(&service.name, asked.elapsed());
+        let Some(answer) = answer else {
             return Ok(Progress::Nothing);
         };
         let response = HttpResponse {
@@ -593,6 +660,44 @@ impl Running<'_> {
             .call(move |session| session.on_probe(&response))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Asks the ready backend what it serves; a backend that cannot say still serves.
+    async fn discover_models(&mut self) {
+        let path = self.plan.models_path.clone();
+        if path.is_empty() {
+            return;
+        }
+        let service = &self.runner.spec.service;
+        let name = service.name.clone();
+        let Some(answer) = probe::get(&service.host, service.port, &path, MODELS_TIMEOUT).await
+        else {
+            tracing::warn!(service = %name, "no answer from {path}; models unknown");
+            return;
+        };
+        let response = HttpResponse {
+            status: answer.status,
+            content_type: answer.content_type,
+            body: answer.body,
+        };
+        match self
+            .session
+            .call(move |session| session.models(&response))
+            .await
+        {
+            Ok(Ok(models)) => self.runner.status.send_modify(|status| {
+                status.models = models
+                    .into_iter()
+                    .map(|model| ModelInfo {
+                        id: model.id,
+                        owned_by: model.owned_by,
+                        context_length: model.context_length,
+                    })
+                    .collect();
+            }),
+            Ok(Err(reason)) => tracing::warn!(service = %name, "models unknown: {reason}"),
+            Err(error) => tracing::warn!(service = %name, "models unknown: {error}"),
+        }
     }
 
     async fn exited(&mut self, exit: Exit) -> Outcome {

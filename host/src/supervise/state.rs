@@ -56,6 +56,7 @@ impl State {
 pub struct ServiceStatus {
     pub name: String,
     pub backend: String,
+    pub plugin_version: String,
     #[serde(flatten)]
     pub state: State,
     pub since_unix_ms: u64,
@@ -63,19 +64,31 @@ pub struct ServiceStatus {
     pub port: u16,
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// What the backend serves, as its plugin read the backend's model list once ready.
+    pub models: Vec<ModelInfo>,
+}
+
+/// One model a backend serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub owned_by: Option<String>,
+    pub context_length: Option<u32>,
 }
 
 impl ServiceStatus {
-    pub fn new(name: &str, backend: &str, port: u16) -> Self {
+    pub fn new(name: &str, backend: &str, plugin_version: &str, port: u16) -> Self {
         Self {
             name: name.to_string(),
             backend: backend.to_string(),
+            plugin_version: plugin_version.to_string(),
             state: State::Stopped,
             since_unix_ms: unix_ms(SystemTime::now()),
             pid: None,
             port,
             restarts: 0,
             last_failure: None,
+            models: Vec::new(),
         }
     }
 }

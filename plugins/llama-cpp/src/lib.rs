@@ -94,7 +94,12 @@ impl Backend for LlamaCpp {
             self.fatal = Some(reason.clone());
             return Progress::Failed(reason);
         }
-        if line.contains("server is listening on") && line.contains("starting the main loop") {
+        // Older builds: "main: server is listening on … - starting the main loop";
+        // newer ones: "llama_server: listening on http://…", after "model loaded".
+        let listening = (line.contains("server is listening on")
+            && line.contains("starting the main loop"))
+            || line.contains("llama_server: listening on");
+        if listening {
             return Progress::Ready;
         }
         let signs_of_life = [
@@ -175,6 +180,8 @@ mod tests {
                 Progress::Loading(None),
             ),
             ("main: server is listening on http://127.0.0.1:8080 - starting the main loop", Progress::Ready),
+            ("0.00.012.055 I srv  llama_server: listening on http://127.0.0.1:18999", Progress::Ready),
+            ("0.00.005.275 I srv    load_model: loading model '/m/tiny.gguf'", Progress::Loading(None)),
         ];
         for (line, expected) in lines {
             assert_eq!(llama.on_output(Output::Stderr, line), expected, "{line}");

@@ -1,0 +1,78 @@
+//! The control API: axum routes over the supervisor, with auth, JSON errors and a
+//! generated OpenAPI document. Handlers are small; the supervisor does the work.
+
+mod auth;
+mod error;
+mod openapi;
+mod services;
+mod streams;
+mod system;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+
+pub use auth::Access;
+pub use error::{ApiError, ErrorBody};
+pub use openapi::ApiDoc;
+
+use crate::plugin::PluginInfo;
+use crate::supervise::Supervisor;
+
+/// The most a request body may hold; no route takes more than a few bytes.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler sees.
+pub struct ApiState {
+    pub supervisor: Arc<Supervisor>,
+    pub plugins: Vec<PluginInfo>,
+    pub started: Instant,
+    pub listen: SocketAddr,
+    pub access: Access,
+    /// Turns true when the daemon shuts down: event streams end then.
+    pub closing: watch::Receiver<bool>,
+}
+
+/// Every route, behind the auth guard, with errors as JSON.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/health", get(system::health))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/info", get(system::info))
+        .route("/v1/plugins", get(system::plugins))
+        .route("/v1/models", get(services::all_models))
+        .route("/v1/events", get(streams::events))
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{name}", get(services::one))
+        .route("/v1/services/{name}/start", post(services::start))
+        .route("/v1/services/{name}/stop", post(services::stop))
+        .route("/v1/services/{name}/restart", post(services::restart))
+        .route("/v1/services/{name}/ready", post(services::ready))
+        .route("/v1/services/{name}/logs", get(streams::logs))
+        .route("/v1/services/{name}/models", get(services::models))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(error::as_json))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        format!(
+            "no route `{}`; GET /openapi.json lists them",
+            uri.path().escape_default()
+        ),
+    )
+}

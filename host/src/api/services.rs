@@ -1,0 +1,240 @@
+//! `/v1/services…`: read services, steer them, and take their ready callbacks.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::error::{ApiError, ErrorBody};
+use super::views::{ActionQuery, ModelList, ModelView, OpenAiModel, ServiceView};
+use super::ApiState;
+use crate::supervise::{State as ServiceState, StateChange};
+
+type Api = State<Arc<ApiState>>;
+
+/// The name from the path, if it is a name at all.
+pub(super) fn checked(name: &str) -> Result<&str, ApiError> {
+    if crate::names::is_valid(name) {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{}` is not a service name (lowercase letters, digits and `_.-`, at most 63)",
+            name.escape_default()
+        )))
+    }
+}
+
+fn view(api: &ApiState, name: &str) -> Result<ServiceView, ApiError> {
+    Ok(ServiceView::from(&*api.supervisor.watch(name)?.borrow()))
+}
+
+/// Every service, in dependency order.
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    responses((status = 200, body = [ServiceView])))]
+pub async fn list(State(api): Api) -> Json<Vec<ServiceView>> {
+    let statuses = api.supervisor.statuses();
+    Json(statuses.iter().map(ServiceView::from).collect())
+}
+
+/// One service.
+#[utoipa::path(get, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    responses((status = 200, body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn one(State(api): Api, Path(name): Path<String>) -> Result<Json<ServiceView>, ApiError> {
+    Ok(Json(view(&api, checked(&name)?)?))
+}
+
+/// The models a ready service serves, as its plugin read them.
+#[utoipa::path(get, path = "/v1/services/{name}/models", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    responses((status = 200, body = [ModelView]),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn models(
+    State(api): Api,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ModelView>>, ApiError> {
+    Ok(Json(view(&api, checked(&name)?)?.models))
+}
+
+/// Every ready service's models, in OpenAI's list shape (`owned_by` is the service).
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, body = ModelList)))]
+pub async fn all_models(State(api): Api) -> Json<ModelList> {
+    let data = api
+        .supervisor
+        .statuses()
+        .into_iter()
+        .filter(|status| status.state == ServiceState::Ready)
+        .flat_map(|status| {
+            let service = status.name.clone();
+            status.models.into_iter().map(move |model| OpenAiModel {
+                id: model.id,
+                object: "model".into(),
+                created: 0,
+                owned_by: service.clone(),
+            })
+        })
+        .collect();
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
+}
+
+/// What a `?wait=true` action waits for.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Ready, or failed.
+    Up,
+    /// Launched anew, then ready or failed.
+    Relaunched,
+}
+
+/// Waits on the event stream (a watch would coalesce the states in between).
+async fn wait_for(
+    api: &ApiState,
+    events: &mut broadcast::Receiver<StateChange>,
+    name: &str,
+    target: Target,
+) {
+    let mut relaunched = matches!(target, Target::Up);
+    let settled =
+        |state: &ServiceState| matches!(state, ServiceState::Ready | ServiceState::Failed { .. });
+    if relaunched {
+        if let Ok(status) = api.supervisor.watch(name) {
+            if status.borrow().state == ServiceState::Ready {
+                return;
+            }
+        }
+    }
+    loop {
+        match events.recv().await {
+            Ok(change) if change.service == name => {
+                if matches!(change.to, ServiceState::Starting { .. }) {
+                    relaunched = true;
+                } else if relaunched && settled(&change.to) {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {
+                let settled_now = api
+                    .supervisor
+                    .watch(name)
+                    .is_ok_and(|status| settled(&status.borrow().state));
+                if settled_now {
+                    return;
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+fn refuse_while_stopping(api: &ApiState, name: &str, verb: &str) -> Result<(), ApiError> {
+    if api.supervisor.watch(name)?.borrow().state == ServiceState::Stopping {
+        return Err(ApiError::conflict(format!(
+            "`{name}` is stopping; {verb} it once it has stopped"
+        )));
+    }
+    Ok(())
+}
+
+/// Starts a service (and, first, what it depends on being ready).
+#[utoipa::path(post, path = "/v1/services/{name}/start", tag = "services",
+    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn start(
+    State(api): Api,
+    Path(name): Path<String>,
+    Query(query): Query<ActionQuery>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let name = checked(&name)?;
+    refuse_while_stopping(&api, name, "start")?;
+    let mut events = api.supervisor.subscribe();
+    api.supervisor.start(name).await?;
+    if query.wait.unwrap_or(false) {
+        wait_for(&api, &mut events, name, Target::Up).await;
+    }
+    Ok(Json(view(&api, name)?))
+}
+
+/// Stops a service and waits until its processes are gone (unless `wait=false`).
+#[utoipa::path(post, path = "/v1/services/{name}/stop", tag = "services",
+    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn stop(
+    State(api): Api,
+    Path(name): Path<String>,
+    Query(query): Query<ActionQuery>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let name = checked(&name)?;
+    let current = view(&api, name)?;
+    if query.wait.unwrap_or(false) {
+        api.supervisor.stop(name).await?;
+    } else {
+        let supervisor = api.supervisor.clone();
+        let owned = name.to_string();
+        tokio::spawn(async move { supervisor.stop(&owned).await });
+        return Ok(Json(current));
+    }
+    Ok(Json(view(&api, name)?))
+}
+
+/// Stops and starts a service again.
+#[utoipa::path(post, path = "/v1/services/{name}/restart", tag = "services",
+    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn restart(
+    State(api): Api,
+    Path(name): Path<String>,
+    Query(query): Query<ActionQuery>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let name = checked(&name)?;
+    refuse_while_stopping(&api, name, "restart")?;
+    let mut events = api.supervisor.subscribe();
+    api.supervisor.restart(name).await?;
+    if query.wait.unwrap_or(false) {
+        wait_for(&api, &mut events, name, Target::Relaunched).await;
+    }
+    Ok(Json(view(&api, name)?))
+}
+
+/// A backend announcing that it is ready: `POST $NANNY_READY_URL` with
+/// `Authorization: Bearer $NANNY_READY_TOKEN`.
+#[utoipa::path(post, path = "/v1/services/{name}/ready", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    security(("ready_token" = [])),
+    responses((status = 204, description = "Marked ready"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn ready(
+    State(api): Api,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let name = checked(&name)?;
+    let Some(token) = super::auth::bearer(&headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer $NANNY_READY_TOKEN`",
+        ));
+    };
+    if api.supervisor.mark_ready(name, token).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("that is not the ready token of `{name}`'s current launch"),
+        ))
+    }
+}

@@ -1,0 +1,94 @@
+//! The streaming routes: a service's log (`follow=true`) and every state change,
+//! as Server-Sent Events that end when the daemon shuts down.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::{stream, Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::error::{ApiError, ErrorBody};
+use super::services::checked;
+use super::views::{EventView, LogLineView, LogTail, LogsQuery};
+use super::ApiState;
+use crate::supervise::LogLine;
+
+/// The most lines one request may ask for.
+const MAX_TAIL: u64 = 10_000;
+
+fn line_view(line: &LogLine) -> LogLineView {
+    LogLineView {
+        at_unix_ms: line.at_unix_ms,
+        stream: line.stream.to_string(),
+        text: line.text.clone(),
+    }
+}
+
+/// Items from `feed` (missed ones skipped) until the daemon shuts down.
+fn live<T: Clone + Send + 'static>(
+    api: &ApiState,
+    feed: broadcast::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    let mut closing = api.closing.clone();
+    BroadcastStream::new(feed)
+        .filter_map(|item| async move { item.ok() })
+        .take_until(async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        })
+}
+
+fn sse<T: Serialize>(
+    kind: &'static str,
+    items: impl Stream<Item = T> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = items.map(move |item| {
+        Ok(Event::default()
+            .event(kind)
+            .json_data(item)
+            .unwrap_or_else(|_| Event::default().event(kind)))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// A service's recent output, or (`follow=true`) its output as it comes.
+#[utoipa::path(get, path = "/v1/services/{name}/logs", tag = "services",
+    params(("name" = String, Path, description = "The service's name"), LogsQuery),
+    responses((status = 200, description = "The lines, or an event stream of `line` events",
+            content((LogTail = "application/json"), (LogLineView = "text/event-stream"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(api): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let name = checked(&name)?;
+    let book = api.supervisor.logs(name)?;
+    let tail = query.tail.unwrap_or(100).min(MAX_TAIL) as usize;
+    // Subscribed before the tail is read: a line may come twice, none goes missing.
+    let feed = book.follow();
+    let recent: Vec<LogLineView> = book.tail(tail).iter().map(line_view).collect();
+    if !query.follow.unwrap_or(false) {
+        let lines = LogTail {
+            service: name.to_string(),
+            lines: recent,
+        };
+        return Ok(Json(lines).into_response());
+    }
+    let lines = stream::iter(recent).chain(live(&api, feed).map(|line| line_view(&line)));
+    Ok(sse("line", lines).into_response())
+}
+
+/// Every state change of every service, with reasons, as it happens.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    responses((status = 200, description = "An event stream of `state` events",
+        content((EventView = "text/event-stream")))))]
+pub async fn events(State(api): State<Arc<ApiState>>) -> Response {
+    let changes = live(&api, api.supervisor.subscribe()).map(|change| EventView::from(&change));
+    sse("state", changes).into_response()
+}

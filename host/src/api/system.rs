@@ -1,0 +1,84 @@
+//! The daemon itself: health, info, plugins, metrics and the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::views::{HealthView, InfoView, PluginView};
+use super::ApiState;
+use crate::supervise::State as ServiceState;
+
+/// Whether the daemon answers; no token needed.
+#[utoipa::path(get, path = "/health", tag = "daemon", security(()),
+    responses((status = 200, body = HealthView),
+        (status = 503, description = "Shutting down", body = HealthView)))]
+pub async fn health(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
+    if api.supervisor.is_shutting_down() {
+        let view = HealthView {
+            status: "shutting_down".into(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(view))
+    } else {
+        (
+            StatusCode::OK,
+            Json(HealthView {
+                status: "ok".into(),
+            }),
+        )
+    }
+}
+
+/// Version, uptime and counts.
+#[utoipa::path(get, path = "/v1/info", tag = "daemon", responses((status = 200, body = InfoView)))]
+pub async fn info(State(api): State<Arc<ApiState>>) -> Json<InfoView> {
+    let statuses = api.supervisor.statuses();
+    let count = |wanted: fn(&ServiceState) -> bool| {
+        statuses.iter().filter(|s| wanted(&s.state)).count() as u32
+    };
+    Json(InfoView {
+        version: env!("CARGO_PKG_VERSION").into(),
+        wit_version: crate::plugin::WIT_VERSION.into(),
+        uptime_s: api.started.elapsed().as_secs_f64(),
+        listen: api.listen.to_string(),
+        services: statuses.len() as u32,
+        ready: count(|state| *state == ServiceState::Ready),
+        failed: count(|state| matches!(state, ServiceState::Failed { .. })),
+        plugins: api.plugins.len() as u32,
+    })
+}
+
+/// The backend plugins this daemon loaded.
+#[utoipa::path(get, path = "/v1/plugins", tag = "daemon",
+    responses((status = 200, body = [PluginView])))]
+pub async fn plugins(State(api): State<Arc<ApiState>>) -> Json<Vec<PluginView>> {
+    Json(api.plugins.iter().map(PluginView::from).collect())
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "daemon",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
+    let text = crate::metrics::render(&api.supervisor.statuses());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "daemon",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    let document = super::openapi::ApiDoc::openapi();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.to_json().unwrap_or_default(),
+    )
+}

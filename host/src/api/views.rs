@@ -1,0 +1,260 @@
+//! What the API sends: flat, documented shapes made from the supervisor's types.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::plugin::PluginInfo;
+use crate::supervise::{ModelInfo, ServiceStatus, State, StateChange};
+
+/// A service's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Stopped,
+    Waiting,
+    Starting,
+    Ready,
+    Unhealthy,
+    Stopping,
+    Backoff,
+    Failed,
+}
+
+impl From<&State> for StateName {
+    fn from(state: &State) -> Self {
+        match state {
+            State::Stopped => Self::Stopped,
+            State::Waiting => Self::Waiting,
+            State::Starting { .. } => Self::Starting,
+            State::Ready => Self::Ready,
+            State::Unhealthy { .. } => Self::Unhealthy,
+            State::Stopping => Self::Stopping,
+            State::Backoff { .. } => Self::Backoff,
+            State::Failed { .. } => Self::Failed,
+        }
+    }
+}
+
+/// One service, as `GET /v1/services` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceView {
+    pub name: String,
+    pub backend: String,
+    pub plugin_version: String,
+    pub state: StateName,
+    /// When it entered this state (Unix milliseconds).
+    pub since_unix_ms: u64,
+    pub pid: Option<i32>,
+    pub container_id: Option<String>,
+    pub port: u16,
+    /// The GPUs leased to it (UUIDs).
+    pub gpus: Vec<String>,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+    /// Why it gave up, when `failed`.
+    pub reason: Option<String>,
+    /// When the next start is due, when `backoff` (Unix milliseconds).
+    pub next_retry_unix_ms: Option<u64>,
+    /// Loading progress, when `starting` and the backend reports it.
+    pub loading_percent: Option<u8>,
+    /// Failed liveness probes in a row, when `unhealthy`.
+    pub failed_probes: Option<u32>,
+    pub models: Vec<ModelView>,
+}
+
+impl From<&ServiceStatus> for ServiceView {
+    fn from(status: &ServiceStatus) -> Self {
+        let mut view = Self {
+            name: status.name.clone(),
+            backend: status.backend.clone(),
+            plugin_version: status.plugin_version.clone(),
+            state: StateName::from(&status.state),
+            since_unix_ms: status.since_unix_ms,
+            pid: status.pid,
+            container_id: None,
+            port: status.port,
+            gpus: Vec::new(),
+            restarts: status.restarts,
+            last_failure: status.last_failure.clone(),
+            reason: None,
+            next_retry_unix_ms: None,
+            loading_percent: None,
+            failed_probes: None,
+            models: status.models.iter().map(ModelView::from).collect(),
+        };
+        match &status.state {
+            State::Failed { reason } => view.reason = Some(reason.clone()),
+            State::Backoff { next_try_unix_ms } => {
+                view.next_retry_unix_ms = Some(*next_try_unix_ms)
+            }
+            State::Starting { loading_percent } => view.loading_percent = *loading_percent,
+            State::Unhealthy { failed_probes } => view.failed_probes = Some(*failed_probes),
+            _ => {}
+        }
+        view
+    }
+}
+
+/// One model a backend serves, as its plugin read the backend's list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    pub id: String,
+    pub owned_by: Option<String>,
+    pub context_length: Option<u32>,
+}
+
+impl From<&ModelInfo> for ModelView {
+    fn from(model: &ModelInfo) -> Self {
+        Self {
+            id: model.id.clone(),
+            owned_by: model.owned_by.clone(),
+            context_length: model.context_length,
+        }
+    }
+}
+
+/// `GET /v1/models`: every ready service's models, in OpenAI's list shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<OpenAiModel>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiModel {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub created: u64,
+    /// The service that serves it.
+    pub owned_by: String,
+}
+
+/// One state change, as `GET /v1/events` streams it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub service: String,
+    pub from: String,
+    pub to: StateName,
+    pub at_unix_ms: u64,
+    pub port: u16,
+    /// Why: the failure behind a `backoff`, the reason for `failed`.
+    pub reason: Option<String>,
+}
+
+impl From<&StateChange> for EventView {
+    fn from(change: &StateChange) -> Self {
+        let reason = match &change.to {
+            State::Failed { reason } => Some(reason.clone()),
+            State::Backoff { .. } => change.last_failure.clone(),
+            _ => None,
+        };
+        Self {
+            service: change.service.clone(),
+            from: change.from.to_string(),
+            to: StateName::from(&change.to),
+            at_unix_ms: change.at_unix_ms,
+            port: change.port,
+            reason,
+        }
+    }
+}
+
+/// One line of a service's output.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogLineView {
+    pub at_unix_ms: u64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogTail {
+    pub service: String,
+    pub lines: Vec<LogLineView>,
+}
+
+/// A backend plugin.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub summary: String,
+    /// `builtin`, or the file it was loaded from.
+    pub source: String,
+    pub wit_version: String,
+    pub settings: Vec<SettingView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SettingView {
+    pub key: String,
+    pub help: String,
+    /// Any JSON value.
+    #[schema(value_type = Object)]
+    pub default: Option<serde_json::Value>,
+    pub required: bool,
+}
+
+impl From<&PluginInfo> for PluginView {
+    fn from(info: &PluginInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            summary: info.summary.clone(),
+            source: info.source.to_string(),
+            wit_version: info.wit_version.clone(),
+            settings: info
+                .settings
+                .iter()
+                .map(|setting| SettingView {
+                    key: setting.key.clone(),
+                    help: setting.help.clone(),
+                    default: setting.default.clone(),
+                    required: setting.required,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InfoView {
+    pub version: String,
+    pub wit_version: String,
+    pub uptime_s: f64,
+    pub listen: String,
+    pub services: u32,
+    pub ready: u32,
+    pub failed: u32,
+    pub plugins: u32,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// `ok`, or `shutting_down`.
+    pub status: String,
+}
+
+/// `POST /v1/services/{name}/start|stop|restart`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActionQuery {
+    /// Answer once the target state is reached (or the service failed).
+    pub wait: Option<bool>,
+}
+
+/// `GET /v1/services/{name}/logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// The last N lines (default 100, at most 10,000).
+    #[param(minimum = 0)]
+    pub tail: Option<u64>,
+    /// Keep the stream open as Server-Sent Events.
+    pub follow: Option<bool>,
+}

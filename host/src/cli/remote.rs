@@ -1,0 +1,308 @@
+//! The verbs that talk to a running daemon: `ps`, `start|stop|restart`, `logs`,
+//! `events`, `info`. `--json` prints what the daemon said, unchanged.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::client::{Client, ClientError};
+use super::table::table;
+use crate::api::views::{EventView, InfoView, LogLineView, LogTail, ServiceView, StateName};
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `95s` → `1m35s`: the two largest units.
+fn human(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m{}s", seconds / 60, seconds % 60),
+        3600..=86_399 => format!("{}h{}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{}h", seconds / 86_400, seconds % 86_400 / 3600),
+    }
+}
+
+fn state_text(service: &ServiceView) -> String {
+    let name = serde_json::to_value(service.state)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match service.state {
+        StateName::Starting => match service.loading_percent {
+            Some(percent) => format!("{name} {percent}%"),
+            None => name,
+        },
+        StateName::Backoff => match service.next_retry_unix_ms {
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                format!("{name} (retry in {})", human(wait))
+            }
+            None => name,
+        },
+        _ => name,
+    }
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
+}
+
+/// `/v1/services/NAME`, for a valid name only: nothing typed becomes another path.
+fn service_path(name: &str) -> Result<String, ClientError> {
+    if crate::names::is_valid(name) {
+        Ok(format!("/v1/services/{name}"))
+    } else {
+        Err(ClientError::Refused {
+            status: 400,
+            message: format!("`{name}` is not a service name"),
+        })
+    }
+}
+
+/// `nanny ps`.
+pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    let services: Vec<ServiceView> = client.get("/v1/services")?;
+    if json {
+        print_json(&services);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 8]> = services
+        .iter()
+        .map(|service| {
+            let up = matches!(service.state, StateName::Ready | StateName::Unhealthy);
+            let uptime = if up {
+                human(Duration::from_millis(
+                    now_ms().saturating_sub(service.since_unix_ms),
+                ))
+            } else {
+                "-".into()
+            };
+            let models: Vec<&str> = service.models.iter().map(|m| m.id.as_str()).collect();
+            [
+                service.name.clone(),
+                service.backend.clone(),
+                state_text(service),
+                uptime,
+                service.port.to_string(),
+                or_dash(service.gpus.join(",")),
+                service.restarts.to_string(),
+                or_dash(models.join(",")),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS",
+    ];
+    print!("{}", table(header, &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Verb {
+    fn word(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
+
+    fn target(self) -> StateName {
+        match self {
+            Verb::Stop => StateName::Stopped,
+            Verb::Start | Verb::Restart => StateName::Ready,
+        }
+    }
+}
+
+/// `nanny start|stop|restart NAME...`: success when every service got there.
+pub fn act(
+    client: &Client,
+    verb: Verb,
+    names: &[String],
+    wait: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let mut all_there = true;
+    let mut answers = Vec::new();
+    for name in names {
+        let path = format!("{}/{}?wait={wait}", service_path(name)?, verb.word());
+        let service: ServiceView = {
+            let _spinner =
+                (wait && !json).then(|| Spinner::show(format!("{}ing {name}", verb.word())));
+            client.post(&path)?
+        };
+        let there = !wait || service.state == verb.target();
+        all_there &= there;
+        if !json {
+            let detail = service
+                .reason
+                .clone()
+                .or_else(|| service.last_failure.clone().filter(|_| !there))
+                .map_or(String::new(), |reason| format!(": {reason}"));
+            let mark = if there { "ok" } else { "FAILED" };
+            if wait {
+                println!("{name}: {} {mark}{detail}", state_text(&service));
+            } else {
+                println!("{name}: asked to {}", verb.word());
+            }
+        }
+        answers.push(service);
+    }
+    if json {
+        print_json(&answers);
+    }
+    Ok(if all_there {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `nanny logs NAME [-f] [-n N]`.
+pub fn logs(
+    client: &Client,
+    name: &str,
+    follow: bool,
+    lines: u64,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    if follow {
+        let path = format!("{}/logs?tail={lines}&follow=true", service_path(name)?);
+        client.stream(&path, |value| {
+            if json {
+                println!("{value}");
+            } else if let Ok(line) = serde_json::from_value::<LogLineView>(value) {
+                println!("{}", line.text);
+            }
+            true
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tail: LogTail = client.get(&format!("{}/logs?tail={lines}", service_path(name)?))?;
+    if json {
+        print_json(&tail);
+    } else {
+        for line in tail.lines {
+            println!("{}", line.text);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanny events`: every state change until the daemon goes away.
+pub fn events(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    client.stream("/v1/events", |value: Value| {
+        if json {
+            println!("{value}");
+        } else if let Ok(event) = serde_json::from_value::<EventView>(value) {
+            let to = serde_json::to_value(event.to).unwrap_or_default();
+            let reason = event
+                .reason
+                .map_or(String::new(), |reason| format!(": {reason}"));
+            println!(
+                "[{}] {} → {}{reason}",
+                event.service,
+                event.from,
+                to.as_str().unwrap_or_default()
+            );
+        }
+        true
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanny info`.
+pub fn info(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    let info: InfoView = client.get("/v1/info")?;
+    if json {
+        print_json(&info);
+    } else {
+        println!(
+            "nanny {} (plugins speak nanny:backend@{})\nlistening on {}, up {}\n{} service(s): {} ready, {} failed; {} plugin(s)",
+            info.version,
+            info.wit_version,
+            info.listen,
+            human(Duration::from_secs_f64(info.uptime_s)),
+            info.services,
+            info.ready,
+            info.failed,
+            info.plugins
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A spinner on stderr while waiting, when stderr is a terminal.
+struct Spinner {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn show(label: String) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = std::io::stderr().is_terminal().then(|| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+                let mut frame = 0;
+                while !done.load(Ordering::Relaxed) {
+                    eprint!("\r{} {label}…", frames[frame % frames.len()]);
+                    frame += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                eprint!("\r\x1b[2K");
+            })
+        });
+        Self { done, thread }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_like_ps() {
+        assert_eq!(human(Duration::from_secs(5)), "5s");
+        assert_eq!(human(Duration::from_secs(95)), "1m35s");
+        assert_eq!(human(Duration::from_secs(7_260)), "2h1m");
+        assert_eq!(human(Duration::from_secs(90_000)), "1d1h");
+    }
+}

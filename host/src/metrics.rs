@@ -1,0 +1,210 @@
+//! Prometheus metrics. Histograms live for the whole process and are fed where
+//! things happen (a probe, a plugin call, a service turning ready); gauges are made
+//! fresh at each scrape from the supervisor's statuses and `/proc/self`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::supervise::ServiceStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The process-wide histograms.
+struct Timings {
+    time_to_ready: Histograms<ServiceLabel>,
+    probe_latency: Histograms<ServiceLabel>,
+    plugin_call: Histograms<PluginLabel>,
+}
+
+fn seconds_from_100us() -> Histogram {
+    // 100 µs … ~3.3 s
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+fn seconds_from_100ms() -> Histogram {
+    // 100 ms … ~27 min: model loads take minutes.
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+fn timings() -> &'static Timings {
+    static TIMINGS: OnceLock<Timings> = OnceLock::new();
+    TIMINGS.get_or_init(|| Timings {
+        time_to_ready: Family::new_with_constructor(seconds_from_100ms),
+        probe_latency: Family::new_with_constructor(seconds_from_100us),
+        plugin_call: Family::new_with_constructor(seconds_from_100us),
+    })
+}
+
+/// From launch to ready, once per launch.
+pub fn observe_time_to_ready(service: &str, took: Duration) {
+    let label = ServiceLabel {
+        service: service.into(),
+    };
+    timings()
+        .time_to_ready
+        .get_or_create(&label)
+        .observe(took.as_secs_f64());
+}
+
+/// One readiness or liveness probe, answered or not.
+pub fn observe_probe(service: &str, took: Duration) {
+    let label = ServiceLabel {
+        service: service.into(),
+    };
+    timings()
+        .probe_latency
+        .get_or_create(&label)
+        .observe(took.as_secs_f64());
+}
+
+/// One call into a plugin, on its session's thread.
+pub fn observe_plugin_call(plugin: &str, took: Duration) {
+    let label = PluginLabel {
+        plugin: plugin.into(),
+    };
+    timings()
+        .plugin_call
+        .get_or_create(&label)
+        .observe(took.as_secs_f64());
+}
+
+/// Every metric in Prometheus' text format.
+pub fn render(statuses: &[ServiceStatus]) -> String {
+    let mut registry = Registry::with_prefix("nanny");
+    let timings = timings();
+    registry.register_with_unit(
+        "time_to_ready",
+        "From launch to ready",
+        Unit::Seconds,
+        timings.time_to_ready.clone(),
+    );
+    registry.register_with_unit(
+        "probe_duration",
+        "Readiness and liveness probes",
+        Unit::Seconds,
+        timings.probe_latency.clone(),
+    );
+    registry.register_with_unit(
+        "plugin_call_duration",
+        "Calls into backend plugins",
+        Unit::Seconds,
+        timings.plugin_call.clone(),
+    );
+
+    let by_state = Family::<StateLabel, Gauge>::default();
+    for state in [
+        "stopped",
+        "waiting",
+        "starting",
+        "ready",
+        "unhealthy",
+        "stopping",
+        "backoff",
+        "failed",
+    ] {
+        let count = statuses.iter().filter(|s| s.state.name() == state).count();
+        by_state
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .set(count as i64);
+    }
+    registry.register("services", "Services by state", by_state);
+    let restarts = Family::<ServiceLabel, Counter>::default();
+    for status in statuses {
+        restarts
+            .get_or_create(&ServiceLabel {
+                service: status.name.clone(),
+            })
+            .inc_by(u64::from(status.restarts));
+    }
+    registry.register("service_restarts", "Restarts of each service", restarts);
+
+    let mut process = Registry::default();
+    if let Some(stat) = ProcessStat::read() {
+        let cpu = Counter::<f64>::default();
+        cpu.inc_by(stat.cpu_seconds);
+        process.register_with_unit("process_cpu", "CPU time used", Unit::Seconds, cpu);
+        let rss = Gauge::<i64>::default();
+        rss.set(stat.resident_bytes as i64);
+        process.register_with_unit(
+            "process_resident_memory",
+            "Resident memory",
+            Unit::Bytes,
+            rss,
+        );
+        let threads = Gauge::<i64>::default();
+        threads.set(stat.threads as i64);
+        process.register("process_threads", "Threads", threads);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let open = Gauge::<i64>::default();
+        open.set(fds.count() as i64);
+        process.register("process_open_fds", "Open file descriptors", open);
+    }
+
+    let mut text = String::new();
+    let _ = encode_without_eof(&mut text, &registry);
+    let _ = encode(&mut text, &process);
+    text
+}
+
+/// Two registries in one exposition: only the last may end with `# EOF`.
+fn encode_without_eof(text: &mut String, registry: &Registry) -> std::fmt::Result {
+    let mut part = String::new();
+    encode(&mut part, registry)?;
+    text.push_str(part.trim_end().trim_end_matches("# EOF").trim_end());
+    text.push('\n');
+    Ok(())
+}
+
+/// What `/proc/self/stat` says about this process.
+struct ProcessStat {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    threads: u64,
+}
+
+impl ProcessStat {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may hold spaces, counted from 3.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3)?.parse::<u64>().ok();
+        // SAFETY: sysconf reads a constant.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks.max(1) as f64,
+            resident_bytes: field(24)? * page.max(1) as u64,
+            threads: field(20)?,
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! A real backend: llama.cpp's `llama-server`, built from the sources in the
+//! llama-cpp-python sdist, serving a tiny random-weight GGUF, supervised through the
+//! `llama-cpp` plugin. `tests/real-backends/llama-server.sh` builds both once and
+//! caches them outside the clone.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
+use nanny::supervise::{ServiceSpec, ServiceStatus, State, Supervisor, SupervisorOptions};
+use nanny_tests::{is_running, workspace};
+use tokio::sync::watch;
+
+struct LlamaCpp {
+    server: PathBuf,
+    model: PathBuf,
+}
+
+fn llama_cpp() -> &'static LlamaCpp {
+    static BUILT: OnceLock<LlamaCpp> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("tests/real-backends/llama-server.sh");
+        let output = Command::new(&script).output().expect("run llama-server.sh");
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let path = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("no `{key}` in {stdout}"))
+        };
+        LlamaCpp {
+            server: path("server="),
+            model: path("model="),
+        }
+    })
+}
+
+fn spec(name: &str, model: &str) -> ServiceSpec {
+    let engine = PluginEngine::new(Limits::default(), None).unwrap();
+    let catalog = Catalog::load(&engine, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = |key: &str, value: &str| Setting {
+        key: key.into(),
+        value: Value::Text(value.into()),
+    };
+    let settings = vec![
+        text("program", llama_cpp().server.to_str().unwrap()),
+        text("alias", "tiny"),
+    ];
+    let mut service = Service::local(name, port, settings);
+    service.model = Some(model.into());
+    // One thread: the model is tiny and the machine has two cores.
+    service.args = vec!["-t".into(), "1".into(), "-c".into(), "256".into()];
+    let mut spec = ServiceSpec::new(service, catalog.get("llama-cpp").unwrap().clone());
+    spec.startup_timeout = Duration::from_secs(120);
+    spec
+}
+
+/// A completion over plain HTTP/1.1: the status line and the body.
+fn complete(port: u16) -> (String, String) {
+    let body = r#"{"prompt": "hello", "max_tokens": 4}"#;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+async fn until(
+    status: &mut watch::Receiver<ServiceStatus>,
+    what: &str,
+    check: impl FnMut(&ServiceStatus) -> bool,
+) -> ServiceStatus {
+    nanny_tests::until(status, what, Duration::from_secs(120), check).await
+}
+
+#[tokio::test]
+async fn llama_server_is_ready_lists_its_model_and_comes_back_after_a_kill() {
+    let model = llama_cpp().model.to_str().unwrap();
+    let supervisor =
+        Supervisor::launch(vec![spec("llama", model)], SupervisorOptions::in_memory(1)).unwrap();
+    let mut status = supervisor.watch("llama").unwrap();
+    let ready = until(&mut status, "ready with models", |s| {
+        s.state == State::Ready && !s.models.is_empty()
+    })
+    .await;
+    let ids: Vec<&str> = ready.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["tiny"]);
+    let (status_line, body) = complete(ready.port);
+    assert!(status_line.contains(" 200 "), "{status_line}: {body}");
+    assert!(body.contains("\"choices\""), "{body}");
+
+    let pid = ready.pid.unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let back = until(&mut status, "ready again", |s| {
+        s.restarts == 1 && s.state == State::Ready
+    })
+    .await;
+    assert_ne!(back.pid, Some(pid));
+    assert!(
+        back.last_failure
+            .as_deref()
+            .unwrap_or_default()
+            .contains("signal 9"),
+        "{back:?}"
+    );
+    supervisor.stop("llama").await.unwrap();
+    assert!(!is_running(back.pid.unwrap()));
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_model_path_fails_with_the_plugins_reason() {
+    let missing = llama_cpp().model.with_file_name("no-such-model.gguf");
+    let supervisor = Supervisor::launch(
+        vec![spec("broken", missing.to_str().unwrap())],
+        SupervisorOptions::in_memory(1),
+    )
+    .unwrap();
+    let mut status = supervisor.watch("broken").unwrap();
+    let failed = until(&mut status, "failed", |s| {
+        matches!(s.state, State::Failed { .. })
+    })
+    .await;
+    let State::Failed { reason } = failed.state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("failed to load model") && reason.contains("no-such-model.gguf"),
+        "{reason}"
+    );
+    assert_eq!(failed.restarts, 0, "a diagnosed failure is not retried");
+    supervisor.shutdown().await;
+}
