@@ -245,3 +245,13 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// `port_range = [first, last]` for a config: a block of 20 ports no other test
+/// in this process gets, so concurrent daemons never pick the same free port.
+pub fn port_range_line() -> String {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT_BLOCK: AtomicU16 = AtomicU16::new(0);
+    let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) % 500;
+    let first = 40_000 + block * 20;
+    format!("port_range = [{first}, {}]", first + 19)
+}

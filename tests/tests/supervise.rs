@@ -162,7 +162,7 @@ async fn without_progress_the_deadline_restarts_it() {
 }
 
 #[tokio::test]
-async fn a_ready_backend_reports_its_models_until_it_stops() {
+async fn a_backend_is_ready_with_its_models_listed_until_it_stops() {
     let mock = spec(
         "lister",
         "mock",
@@ -170,7 +170,7 @@ async fn a_ready_backend_reports_its_models_until_it_stops() {
     );
     let supervisor = Supervisor::launch(vec![mock], options()).unwrap();
     let mut status = supervisor.watch("lister").unwrap();
-    let listed = until(&mut status, "models listed", |s| !s.models.is_empty()).await;
+    let listed = until(&mut status, "ready", |s| s.state == State::Ready).await;
     let ids: Vec<&str> = listed.models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["tiny-chat", "tiny-embed"]);
     assert_eq!(listed.state, State::Ready);

@@ -141,6 +141,8 @@ pub struct EventView {
     pub port: u16,
     /// Why: the failure behind a `backoff`, the reason for `failed`.
     pub reason: Option<String>,
+    /// Loading progress, for `starting`.
+    pub loading_percent: Option<u8>,
 }
 
 impl From<&StateChange> for EventView {
@@ -157,6 +159,10 @@ impl From<&StateChange> for EventView {
             at_unix_ms: change.at_unix_ms,
             port: change.port,
             reason,
+            loading_percent: match change.to {
+                State::Starting { loading_percent } => loading_percent,
+                _ => None,
+            },
         }
     }
 }

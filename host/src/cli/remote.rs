@@ -222,9 +222,11 @@ pub fn events(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
             println!("{value}");
         } else if let Ok(event) = serde_json::from_value::<EventView>(value) {
             let to = serde_json::to_value(event.to).unwrap_or_default();
-            let reason = event
-                .reason
-                .map_or(String::new(), |reason| format!(": {reason}"));
+            let reason = match (event.reason, event.loading_percent) {
+                (Some(reason), _) => format!(": {reason}"),
+                (None, Some(percent)) => format!(" {percent}%"),
+                (None, None) => String::new(),
+            };
             println!(
                 "[{}] {} → {}{reason}",
                 event.service,

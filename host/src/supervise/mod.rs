@@ -64,6 +64,8 @@ struct ServiceHandle {
 pub struct Supervisor {
     services: BTreeMap<String, ServiceHandle>,
     order: Vec<String>,
+    /// Each service's direct dependencies.
+    graph: BTreeMap<String, Vec<String>>,
     events: broadcast::Sender<StateChange>,
     /// Subscribed before any task ran, so the first reader misses nothing.
     first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
@@ -183,6 +185,7 @@ impl Supervisor {
         Ok(Self {
             services,
             order,
+            graph,
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
             shutting_down: AtomicBool::new(false),
@@ -229,8 +232,24 @@ impl Supervisor {
             .ok_or_else(|| SuperviseError::UnknownService(name.to_string()))
     }
 
+    /// Starts `name` and, first, everything it depends on (as `systemctl start`
+    /// does with `Requires=`); starting a running service changes nothing.
     pub async fn start(&self, name: &str) -> Result<(), SuperviseError> {
-        self.send(name, Command::Start).await
+        self.handle(name)?;
+        let mut needed = vec![name.to_string()];
+        let mut index = 0;
+        while let Some(service) = needed.get(index).cloned() {
+            for dependency in &self.graph[&service] {
+                if !needed.contains(dependency) {
+                    needed.push(dependency.clone());
+                }
+            }
+            index += 1;
+        }
+        for service in self.order.iter().filter(|s| needed.contains(s)) {
+            self.send(service, Command::Start).await?;
+        }
+        Ok(())
     }
 
     pub async fn restart(&self, name: &str) -> Result<(), SuperviseError> {

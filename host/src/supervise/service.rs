@@ -27,8 +27,8 @@ const EXIT_LINES: usize = 50;
 /// Failed liveness probes in a row that restart the backend (kubelet's default).
 const LIVENESS_FAILURE_THRESHOLD: u32 = 3;
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// How long a ready backend may take to list its models.
-const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a ready backend may take to list its models (it delays `ready`).
+const MODELS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -505,6 +505,7 @@ impl Running<'_> {
         let mut ready = false;
         let mut failed_probes = 0;
         let mut lines_open = true;
+        let mut announced: Option<oneshot::Sender<bool>> = None;
         loop {
             let event = tokio::select! {
                 line = self.lines.recv(), if lines_open => match line {
@@ -580,11 +581,12 @@ impl Running<'_> {
                 }
                 Event::Command(Some(Command::Start)) => continue,
                 Event::Command(Some(Command::MarkReady { token, reply })) => {
-                    let valid = crate::secrets::same(&token, &self.ready_token);
-                    let _ = reply.send(valid);
-                    if !valid {
+                    if !crate::secrets::same(&token, &self.ready_token) {
+                        let _ = reply.send(false);
                         continue;
                     }
+                    // Answered once the state says ready, so the caller can rely on it.
+                    announced = Some(reply);
                     Ok(Progress::Ready)
                 }
             };
@@ -599,12 +601,13 @@ impl Running<'_> {
                     });
                     self.permit = None;
                     self.runner.backoff.ready();
+                    // Before `ready`: whoever sees it ready can ask for its models.
+                    self.discover_models().await;
                     self.runner.set(State::Ready);
                     crate::metrics::observe_time_to_ready(
                         &self.runner.spec.service.name,
                         self.launched_at.elapsed(),
                     );
-                    self.discover_models().await;
                 }
                 Ok(Progress::Loading(percent)) if !ready => {
                     deadline = Instant::now() + startup_timeout;
@@ -617,6 +620,9 @@ impl Running<'_> {
                 }
                 Ok(_) => {}
                 Err(reason) => return self.stop_for(Outcome::GaveUp(reason)).await,
+            }
+            if let Some(reply) = announced.take() {
+                let _ = reply.send(true);
             }
         }
     }
