@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and types.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{services, streams, system};
@@ -14,6 +15,7 @@ use super::{services, streams, system};
         services::start, services::stop, services::restart, services::ready,
         streams::logs, streams::events,
     ),
+    components(schemas(super::views::EventView, super::views::LogLineView)),
     modifiers(&BearerToken),
     security(("token" = [])),
 )]
@@ -32,5 +34,37 @@ impl Modify for BearerToken {
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
         }
+        // The guard answers before any handler: 403 for a foreign Host header
+        // everywhere, 401/403 for a missing or wrong token everywhere but /health.
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [&mut item.get, &mut item.post];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_response(description).into());
+                };
+                add(
+                    "403",
+                    "A Host header not naming this machine, or a wrong token",
+                );
+                if path != "/health" {
+                    add("401", "No token, where one is needed");
+                }
+            }
+        }
     }
+}
+
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
 }

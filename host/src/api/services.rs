@@ -40,7 +40,7 @@ pub async fn list(State(api): Api) -> Json<Vec<ServiceView>> {
 
 /// One service.
 #[utoipa::path(get, path = "/v1/services/{name}", tag = "services",
-    params(("name" = String, Path, description = "The service's name")),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$")),
     responses((status = 200, body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn one(State(api): Api, Path(name): Path<String>) -> Result<Json<ServiceView>, ApiError> {
@@ -49,7 +49,7 @@ pub async fn one(State(api): Api, Path(name): Path<String>) -> Result<Json<Servi
 
 /// The models a ready service serves, as its plugin read them.
 #[utoipa::path(get, path = "/v1/services/{name}/models", tag = "services",
-    params(("name" = String, Path, description = "The service's name")),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$")),
     responses((status = 200, body = [ModelView]),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn models(
@@ -145,7 +145,7 @@ fn refuse_while_stopping(api: &ApiState, name: &str, verb: &str) -> Result<(), A
 
 /// Starts a service (and, first, what it depends on being ready).
 #[utoipa::path(post, path = "/v1/services/{name}/start", tag = "services",
-    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -166,7 +166,7 @@ pub async fn start(
 
 /// Stops a service and waits until its processes are gone (unless `wait=false`).
 #[utoipa::path(post, path = "/v1/services/{name}/stop", tag = "services",
-    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn stop(
@@ -189,7 +189,7 @@ pub async fn stop(
 
 /// Stops and starts a service again.
 #[utoipa::path(post, path = "/v1/services/{name}/restart", tag = "services",
-    params(("name" = String, Path, description = "The service's name"), ActionQuery),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -211,7 +211,7 @@ pub async fn restart(
 /// A backend announcing that it is ready: `POST $NANNY_READY_URL` with
 /// `Authorization: Bearer $NANNY_READY_TOKEN`.
 #[utoipa::path(post, path = "/v1/services/{name}/ready", tag = "services",
-    params(("name" = String, Path, description = "The service's name")),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$")),
     security(("ready_token" = [])),
     responses((status = 204, description = "Marked ready"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),

@@ -15,12 +15,12 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::{ApiError, ErrorBody};
 use super::services::checked;
-use super::views::{EventView, LogLineView, LogTail, LogsQuery};
+use super::views::{EventView, LogLineView, LogTail, LogsQuery, StreamEvent};
 use super::ApiState;
 use crate::supervise::LogLine;
 
 /// The most lines one request may ask for.
-const MAX_TAIL: u64 = 10_000;
+const MAX_TAIL: i32 = 10_000;
 
 fn line_view(line: &LogLine) -> LogLineView {
     LogLineView {
@@ -58,9 +58,9 @@ fn sse<T: Serialize>(
 
 /// A service's recent output, or (`follow=true`) its output as it comes.
 #[utoipa::path(get, path = "/v1/services/{name}/logs", tag = "services",
-    params(("name" = String, Path, description = "The service's name"), LogsQuery),
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), LogsQuery),
     responses((status = 200, description = "The lines, or an event stream of `line` events",
-            content((LogTail = "application/json"), (LogLineView = "text/event-stream"))),
+            content((LogTail = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(api): State<Arc<ApiState>>,
@@ -69,7 +69,13 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let name = checked(&name)?;
     let book = api.supervisor.logs(name)?;
-    let tail = query.tail.unwrap_or(100).min(MAX_TAIL) as usize;
+    let tail = match query.tail {
+        Some(negative) if negative < 0 => {
+            return Err(ApiError::bad_request("`tail` must not be negative"))
+        }
+        Some(tail) => tail.min(MAX_TAIL) as usize,
+        None => 100,
+    };
     // Subscribed before the tail is read: a line may come twice, none goes missing.
     let feed = book.follow();
     let recent: Vec<LogLineView> = book.tail(tail).iter().map(line_view).collect();
@@ -87,7 +93,7 @@ pub async fn logs(
 /// Every state change of every service, with reasons, as it happens.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     responses((status = 200, description = "An event stream of `state` events",
-        content((EventView = "text/event-stream")))))]
+        content((StreamEvent = "text/event-stream")))))]
 pub async fn events(State(api): State<Arc<ApiState>>) -> Response {
     let changes = live(&api, api.supervisor.subscribe()).map(|change| EventView::from(&change));
     sse("state", changes).into_response()

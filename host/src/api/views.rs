@@ -198,8 +198,7 @@ pub struct PluginView {
 pub struct SettingView {
     pub key: String,
     pub help: String,
-    /// Any JSON value.
-    #[schema(value_type = Object)]
+    /// Any JSON value; null when the setting has no default.
     pub default: Option<serde_json::Value>,
     pub required: bool,
 }
@@ -258,9 +257,18 @@ pub struct ActionQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// The last N lines (default 100, at most 10,000).
+    /// The last N lines (default 100; more than 10,000 reads as 10,000).
     #[param(minimum = 0)]
-    pub tail: Option<u64>,
+    pub tail: Option<i32>,
     /// Keep the stream open as Server-Sent Events.
     pub follow: Option<bool>,
+}
+
+/// One Server-Sent Event as it travels: its name and its JSON.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamEvent {
+    /// `line` on a log stream, `state` on the event stream.
+    pub event: String,
+    /// JSON: a `LogLineView` for `line`, an `EventView` for `state`.
+    pub data: String,
 }

@@ -235,6 +235,20 @@ impl Supervisor {
     /// Starts `name` and, first, everything it depends on (as `systemctl start`
     /// does with `Requires=`); starting a running service changes nothing.
     pub async fn start(&self, name: &str) -> Result<(), SuperviseError> {
+        self.start_with_dependencies(name, Command::Start).await
+    }
+
+    /// Restarts `name`, starting first whatever it depends on that is down.
+    pub async fn restart(&self, name: &str) -> Result<(), SuperviseError> {
+        self.start_with_dependencies(name, Command::Restart).await
+    }
+
+    /// Sends `Start` to each dependency of `name` in dependency order, then `command` to `name`.
+    async fn start_with_dependencies(
+        &self,
+        name: &str,
+        command: Command,
+    ) -> Result<(), SuperviseError> {
         self.handle(name)?;
         let mut needed = vec![name.to_string()];
         let mut index = 0;
@@ -246,14 +260,10 @@ impl Supervisor {
             }
             index += 1;
         }
-        for service in self.order.iter().filter(|s| needed.contains(s)) {
+        for service in self.order.iter().filter(|s| needed[1..].contains(s)) {
             self.send(service, Command::Start).await?;
         }
-        Ok(())
-    }
-
-    pub async fn restart(&self, name: &str) -> Result<(), SuperviseError> {
-        self.send(name, Command::Restart).await
+        self.send(name, command).await
     }
 
     async fn send(&self, name: &str, command: Command) -> Result<(), SuperviseError> {
