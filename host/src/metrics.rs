@@ -60,35 +60,42 @@ fn timings() -> &'static Timings {
 
 /// From launch to ready, once per launch.
 pub fn observe_time_to_ready(service: &str, took: Duration) {
-    let label = ServiceLabel {
-        service: service.into(),
-    };
-    timings()
-        .time_to_ready
-        .get_or_create(&label)
-        .observe(took.as_secs_f64());
+    observe(
+        &timings().time_to_ready,
+        ServiceLabel {
+            service: service.into(),
+        },
+        took,
+    );
 }
 
 /// One readiness or liveness probe, answered or not.
 pub fn observe_probe(service: &str, took: Duration) {
-    let label = ServiceLabel {
-        service: service.into(),
-    };
-    timings()
-        .probe_latency
-        .get_or_create(&label)
-        .observe(took.as_secs_f64());
+    observe(
+        &timings().probe_latency,
+        ServiceLabel {
+            service: service.into(),
+        },
+        took,
+    );
 }
 
 /// One call into a plugin, on its session's thread.
 pub fn observe_plugin_call(plugin: &str, took: Duration) {
-    let label = PluginLabel {
-        plugin: plugin.into(),
-    };
-    timings()
-        .plugin_call
-        .get_or_create(&label)
-        .observe(took.as_secs_f64());
+    observe(
+        &timings().plugin_call,
+        PluginLabel {
+            plugin: plugin.into(),
+        },
+        took,
+    );
+}
+
+fn observe<L>(family: &Histograms<L>, label: L, took: Duration)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    family.get_or_create(&label).observe(took.as_secs_f64());
 }
 
 /// Every metric in Prometheus' text format.

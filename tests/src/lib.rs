@@ -151,8 +151,17 @@ pub fn is_running(pid: i32) -> bool {
     })
 }
 
-/// Waits up to `limit` for `status` to satisfy `check`; panics with the last status.
+/// Waits up to a minute for `status` to satisfy `check`; panics with the last status.
 pub async fn until(
+    status: &mut watch::Receiver<ServiceStatus>,
+    what: &str,
+    check: impl FnMut(&ServiceStatus) -> bool,
+) -> ServiceStatus {
+    until_within(status, what, Duration::from_secs(60), check).await
+}
+
+/// Waits up to `limit` for `status` to satisfy `check`; panics with the last status.
+pub async fn until_within(
     status: &mut watch::Receiver<ServiceStatus>,
     what: &str,
     limit: Duration,

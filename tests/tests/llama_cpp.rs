@@ -11,9 +11,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
-use nanny::supervise::{ServiceSpec, ServiceStatus, State, Supervisor, SupervisorOptions};
-use nanny_tests::{is_running, workspace};
-use tokio::sync::watch;
+use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
+use nanny_tests::{is_running, until_within, workspace};
+
+/// Loading the tiny model takes a second; the first run also builds llama-server.
+const LIMIT: Duration = Duration::from_secs(120);
 
 struct LlamaCpp {
     server: PathBuf,
@@ -93,21 +95,13 @@ fn complete(port: u16) -> (String, String) {
     )
 }
 
-async fn until(
-    status: &mut watch::Receiver<ServiceStatus>,
-    what: &str,
-    check: impl FnMut(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    nanny_tests::until(status, what, Duration::from_secs(120), check).await
-}
-
 #[tokio::test]
 async fn llama_server_is_ready_lists_its_model_and_comes_back_after_a_kill() {
     let model = llama_cpp().model.to_str().unwrap();
     let supervisor =
         Supervisor::launch(vec![spec("llama", model)], SupervisorOptions::in_memory(1)).unwrap();
     let mut status = supervisor.watch("llama").unwrap();
-    let ready = until(&mut status, "ready with models", |s| {
+    let ready = until_within(&mut status, "ready with models", LIMIT, |s| {
         s.state == State::Ready && !s.models.is_empty()
     })
     .await;
@@ -119,7 +113,7 @@ async fn llama_server_is_ready_lists_its_model_and_comes_back_after_a_kill() {
 
     let pid = ready.pid.unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let back = until(&mut status, "ready again", |s| {
+    let back = until_within(&mut status, "ready again", LIMIT, |s| {
         s.restarts == 1 && s.state == State::Ready
     })
     .await;
@@ -145,7 +139,7 @@ async fn a_bad_model_path_fails_with_the_plugins_reason() {
     )
     .unwrap();
     let mut status = supervisor.watch("broken").unwrap();
-    let failed = until(&mut status, "failed", |s| {
+    let failed = until_within(&mut status, "failed", LIMIT, |s| {
         matches!(s.state, State::Failed { .. })
     })
     .await;

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use nanny::plugin::{Catalog, Limits, Plugin, PluginEngine, Service, Setting, Value};
 use nanny::supervise::{
-    BackoffPolicy, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec,
-    ServiceStatus, State, SuperviseError, Supervisor, SupervisorOptions,
+    BackoffPolicy, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec, State,
+    SuperviseError, Supervisor, SupervisorOptions,
 };
-use nanny_tests::is_running;
 use nanny_tests::nanny_bin;
-use tokio::sync::watch;
+use nanny_tests::{is_running, until};
 
 fn catalog() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
@@ -73,14 +72,6 @@ fn script(name: &str, body: &str) -> ServiceSpec {
 
 fn options() -> SupervisorOptions {
     SupervisorOptions::in_memory(4)
-}
-
-async fn until(
-    status: &mut watch::Receiver<ServiceStatus>,
-    what: &str,
-    check: impl FnMut(&ServiceStatus) -> bool,
-) -> ServiceStatus {
-    nanny_tests::until(status, what, Duration::from_secs(60), check).await
 }
 
 #[tokio::test]

@@ -134,16 +134,7 @@ async fn wait_for(
     }
 }
 
-fn refuse_while_stopping(api: &ApiState, name: &str, verb: &str) -> Result<(), ApiError> {
-    if api.supervisor.watch(name)?.borrow().state == ServiceState::Stopping {
-        return Err(ApiError::conflict(format!(
-            "`{name}` is stopping; {verb} it once it has stopped"
-        )));
-    }
-    Ok(())
-}
-
-/// Starts a service (and, first, what it depends on being ready).
+/// Starts a service (and, first, what it depends on).
 #[utoipa::path(post, path = "/v1/services/{name}/start", tag = "services",
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
@@ -154,14 +145,7 @@ pub async fn start(
     Path(name): Path<String>,
     Query(query): Query<ActionQuery>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let name = checked(&name)?;
-    refuse_while_stopping(&api, name, "start")?;
-    let mut events = api.supervisor.subscribe();
-    api.supervisor.start(name).await?;
-    if query.wait.unwrap_or(false) {
-        wait_for(&api, &mut events, name, Target::Up).await;
-    }
-    Ok(Json(view(&api, name)?))
+    bring_up(&api, &name, query, Target::Up).await
 }
 
 /// Stops a service and waits until its processes are gone (unless `wait=false`).
@@ -187,7 +171,7 @@ pub async fn stop(
     Ok(Json(view(&api, name)?))
 }
 
-/// Stops and starts a service again.
+/// Stops and starts a service again (and starts what it depends on, if down).
 #[utoipa::path(post, path = "/v1/services/{name}/restart", tag = "services",
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
@@ -198,14 +182,35 @@ pub async fn restart(
     Path(name): Path<String>,
     Query(query): Query<ActionQuery>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let name = checked(&name)?;
-    refuse_while_stopping(&api, name, "restart")?;
-    let mut events = api.supervisor.subscribe();
-    api.supervisor.restart(name).await?;
-    if query.wait.unwrap_or(false) {
-        wait_for(&api, &mut events, name, Target::Relaunched).await;
+    bring_up(&api, &name, query, Target::Relaunched).await
+}
+
+/// `start` and `restart`: ask, then (with `wait`) follow the events to the end.
+async fn bring_up(
+    api: &ApiState,
+    name: &str,
+    query: ActionQuery,
+    target: Target,
+) -> Result<Json<ServiceView>, ApiError> {
+    let name = checked(name)?;
+    let verb = match target {
+        Target::Up => "start",
+        Target::Relaunched => "restart",
+    };
+    if api.supervisor.watch(name)?.borrow().state == ServiceState::Stopping {
+        return Err(ApiError::conflict(format!(
+            "`{name}` is stopping; {verb} it once it has stopped"
+        )));
     }
-    Ok(Json(view(&api, name)?))
+    let mut events = api.supervisor.subscribe();
+    match target {
+        Target::Up => api.supervisor.start(name).await?,
+        Target::Relaunched => api.supervisor.restart(name).await?,
+    }
+    if query.wait.unwrap_or(false) {
+        wait_for(api, &mut events, name, target).await;
+    }
+    Ok(Json(view(api, name)?))
 }
 
 /// A backend announcing that it is ready: `POST $NANNY_READY_URL` with
