@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::gpu::GpuSnapshot;
 use crate::supervise::ServiceStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,7 +100,7 @@ where
 }
 
 /// Every metric in Prometheus' text format.
-pub fn render(statuses: &[ServiceStatus]) -> String {
+pub fn render(statuses: &[ServiceStatus], gpus: &GpuSnapshot) -> String {
     let mut registry = Registry::with_prefix("nanny");
     let timings = timings();
     registry.register_with_unit(
@@ -149,6 +150,7 @@ pub fn render(statuses: &[ServiceStatus]) -> String {
             .inc_by(u64::from(status.restarts));
     }
     registry.register("service_restarts", "Restarts of each service", restarts);
+    register_gpus(&mut registry, gpus);
 
     let mut process = Registry::default();
     if let Some(stat) = ProcessStat::read() {
@@ -177,6 +179,35 @@ pub fn render(statuses: &[ServiceStatus]) -> String {
     let _ = encode_without_eof(&mut text, &registry);
     let _ = encode(&mut text, &process);
     text
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabel {
+    gpu: String,
+    uuid: String,
+}
+
+/// Per device: memory total and used, and how many leases it carries.
+fn register_gpus(registry: &mut Registry, gpus: &GpuSnapshot) {
+    let total = Family::<GpuLabel, Gauge>::default();
+    let used = Family::<GpuLabel, Gauge>::default();
+    let leases = Family::<GpuLabel, Gauge>::default();
+    for device in &gpus.devices {
+        let label = GpuLabel {
+            gpu: device.index.to_string(),
+            uuid: device.uuid.clone(),
+        };
+        let mib = 1024 * 1024;
+        total
+            .get_or_create(&label)
+            .set((device.memory_total_mib * mib) as i64);
+        used.get_or_create(&label)
+            .set((device.memory_used_mib * mib) as i64);
+        leases.get_or_create(&label).set(device.leases.len() as i64);
+    }
+    registry.register_with_unit("gpu_memory_total", "GPU memory", Unit::Bytes, total);
+    registry.register_with_unit("gpu_memory_used", "GPU memory in use", Unit::Bytes, used);
+    registry.register("gpu_leases", "Leases on each GPU", leases);
 }
 
 /// Two registries in one exposition: only the last may end with `# EOF`.

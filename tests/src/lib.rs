@@ -12,6 +12,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nanny::supervise::ServiceStatus;
+use serde_json::Value;
 use tokio::sync::watch;
 
 /// The workspace root.
@@ -263,4 +264,42 @@ pub fn port_range_line() -> String {
     let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) % 500;
     let first = 40_000 + block * 20;
     format!("port_range = [{first}, {}]", first + 19)
+}
+
+/// An HTTP client that hands back error statuses instead of failing on them.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Status and JSON body (or the text, as a JSON string) of a GET or POST;
+/// `token` goes in as a bearer token.
+pub fn call(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
+    let agent = agent();
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let response = match method {
+        "GET" => {
+            let mut request = agent.get(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call()
+        }
+        _ => {
+            let mut request = agent.post(url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send_empty()
+        }
+    };
+    let mut response = response.unwrap_or_else(|error| panic!("{method} {url}: {error}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nanny_tests::{nanny_bin, port_range_line, Daemon};
+use nanny_tests::{agent, call, nanny_bin, port_range_line, Daemon};
 use serde_json::Value;
 
 const TWO_MOCKS: &str = r#"
@@ -29,42 +29,6 @@ fn two_mocks(dir: &Path, env: &[(&str, &str)]) -> Daemon {
     let daemon = Daemon::up_with(&config, dir, env);
     daemon.expect(|line| line.starts_with("[chat] ready on "));
     daemon
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-/// Status and JSON body of a request; `token` goes in as a bearer token.
-fn call(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
-    let agent = agent();
-    let authorization = token.map(|token| format!("Bearer {token}"));
-    let response = match method {
-        "GET" => {
-            let mut request = agent.get(url);
-            if let Some(value) = &authorization {
-                request = request.header("Authorization", value);
-            }
-            request.call()
-        }
-        _ => {
-            let mut request = agent.post(url);
-            if let Some(value) = &authorization {
-                request = request.header("Authorization", value);
-            }
-            request.send_empty()
-        }
-    };
-    let mut response = response.unwrap_or_else(|error| panic!("{method} {url}: {error}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn get(daemon: &Daemon, path: &str) -> (u16, Value) {

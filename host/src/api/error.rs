@@ -81,6 +81,7 @@ impl From<SuperviseError> for ApiError {
         let status = match error {
             SuperviseError::UnknownService(_) => StatusCode::NOT_FOUND,
             SuperviseError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            SuperviseError::GpuConflict(_) => StatusCode::CONFLICT,
             SuperviseError::Cycle(_) | SuperviseError::UnknownDependency { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

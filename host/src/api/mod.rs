@@ -47,6 +47,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi.json", get(system::openapi))
         .route("/v1/info", get(system::info))
         .route("/v1/plugins", get(system::plugins))
+        .route("/v1/gpus", get(system::gpus))
         .route("/v1/models", get(services::all_models))
         .route("/v1/events", get(streams::events))
         .route("/v1/services", get(services::list))

@@ -204,6 +204,9 @@ async fn bring_up(
     }
     let mut events = api.supervisor.subscribe();
     match target {
+        Target::Up if query.force.unwrap_or(false) => {
+            api.supervisor.start_evicting(name).await?;
+        }
         Target::Up => api.supervisor.start(name).await?,
         Target::Relaunched => api.supervisor.restart(name).await?,
     }

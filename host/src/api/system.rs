@@ -10,6 +10,7 @@ use utoipa::OpenApi;
 
 use super::views::{HealthView, InfoView, PluginView};
 use super::ApiState;
+use crate::gpu::GpuSnapshot;
 use crate::supervise::State as ServiceState;
 
 /// Whether the daemon answers; no token needed.
@@ -58,11 +59,36 @@ pub async fn plugins(State(api): State<Arc<ApiState>>) -> Json<Vec<PluginView>> 
     Json(api.plugins.iter().map(PluginView::from).collect())
 }
 
+/// The GPUs: memory used and total, leases and their holders, memory that
+/// stopped services have not given back.
+#[utoipa::path(get, path = "/v1/gpus", tag = "daemon",
+    responses((status = 200, body = GpuSnapshot)))]
+pub async fn gpus(State(api): State<Arc<ApiState>>) -> Json<GpuSnapshot> {
+    Json(gpu_snapshot(&api).await)
+}
+
+async fn gpu_snapshot(api: &ApiState) -> GpuSnapshot {
+    let Some(broker) = api.supervisor.gpus().cloned() else {
+        return GpuSnapshot {
+            source: "none".into(),
+            devices: Vec::new(),
+        };
+    };
+    // nvidia-smi takes a while to answer; not on the async threads.
+    tokio::task::spawn_blocking(move || broker.snapshot())
+        .await
+        .unwrap_or(GpuSnapshot {
+            source: "none".into(),
+            devices: Vec::new(),
+        })
+}
+
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "daemon",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
-    let text = crate::metrics::render(&api.supervisor.statuses());
+    let gpus = gpu_snapshot(&api).await;
+    let text = crate::metrics::render(&api.supervisor.statuses(), &gpus);
     (
         [(
             header::CONTENT_TYPE,

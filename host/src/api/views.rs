@@ -73,7 +73,7 @@ impl From<&ServiceStatus> for ServiceView {
             pid: status.pid,
             container_id: None,
             port: status.port,
-            gpus: Vec::new(),
+            gpus: status.gpus.clone(),
             restarts: status.restarts,
             last_failure: status.last_failure.clone(),
             reason: None,
@@ -251,6 +251,8 @@ pub struct HealthView {
 pub struct ActionQuery {
     /// Answer once the target state is reached (or the service failed).
     pub wait: Option<bool>,
+    /// `start` only: stop the services whose GPU leases stand in the way first.
+    pub force: Option<bool>,
 }
 
 /// `GET /v1/services/{name}/logs`.

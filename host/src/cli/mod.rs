@@ -44,7 +44,13 @@ pub enum Command {
         json: bool,
     },
     /// Start services and wait until they are ready.
-    Start(Action),
+    Start {
+        #[command(flatten)]
+        action: Action,
+        /// Stop the services whose GPU leases stand in the way first.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop services and wait until their processes are gone.
     Stop(Action),
     /// Restart services and wait until they are ready again.
@@ -63,6 +69,11 @@ pub enum Command {
     },
     /// Every state change as it happens.
     Events {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The GPUs: memory, leases and their holders.
+    Gpus {
         #[arg(long)]
         json: bool,
     },
@@ -147,7 +158,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Ps { json } => remote(remote::ps(&client, json)),
-        Command::Start(action) => remote(act(&client, remote::Verb::Start, action)),
+        Command::Start { action, force } => {
+            let verb = if force {
+                remote::Verb::ForceStart
+            } else {
+                remote::Verb::Start
+            };
+            remote(act(&client, verb, action))
+        }
+        Command::Gpus { json } => remote(remote::gpus(&client, json)),
         Command::Stop(action) => remote(act(&client, remote::Verb::Stop, action)),
         Command::Restart(action) => remote(act(&client, remote::Verb::Restart, action)),
         Command::Logs {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::client::{Client, ClientError};
 use super::table::table;
 use crate::api::views::{EventView, InfoView, LogLineView, LogTail, ServiceView, StateName};
+use crate::gpu::GpuSnapshot;
 
 fn print_json(value: &impl serde::Serialize) {
     println!(
@@ -119,6 +120,8 @@ pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
 #[derive(Debug, Clone, Copy)]
 pub enum Verb {
     Start,
+    /// Start, evicting GPU holders in the way.
+    ForceStart,
     Stop,
     Restart,
 }
@@ -126,7 +129,7 @@ pub enum Verb {
 impl Verb {
     fn word(self) -> &'static str {
         match self {
-            Verb::Start => "start",
+            Verb::Start | Verb::ForceStart => "start",
             Verb::Stop => "stop",
             Verb::Restart => "restart",
         }
@@ -135,7 +138,7 @@ impl Verb {
     fn target(self) -> StateName {
         match self {
             Verb::Stop => StateName::Stopped,
-            Verb::Start | Verb::Restart => StateName::Ready,
+            Verb::Start | Verb::ForceStart | Verb::Restart => StateName::Ready,
         }
     }
 }
@@ -151,7 +154,12 @@ pub fn act(
     let mut all_there = true;
     let mut answers = Vec::new();
     for name in names {
-        let path = format!("{}/{}?wait={wait}", service_path(name)?, verb.word());
+        let force = matches!(verb, Verb::ForceStart);
+        let path = format!(
+            "{}/{}?wait={wait}&force={force}",
+            service_path(name)?,
+            verb.word()
+        );
         let service: ServiceView = {
             let _spinner =
                 (wait && !json).then(|| Spinner::show(format!("{}ing {name}", verb.word())));
@@ -236,6 +244,47 @@ pub fn events(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
         }
         true
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanny gpus`.
+pub fn gpus(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    let snapshot: GpuSnapshot = client.get("/v1/gpus")?;
+    if json {
+        print_json(&snapshot);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if snapshot.devices.is_empty() {
+        println!("no GPUs (nvidia-smi did not answer and none are declared in [[gpus]])");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = snapshot
+        .devices
+        .iter()
+        .map(|device| {
+            let leases: Vec<String> = device
+                .leases
+                .iter()
+                .map(|lease| format!("{} ({}, {} MiB)", lease.service, lease.mode, lease.vram_mib))
+                .collect();
+            let held = if device.held_by_stopped_pids.is_empty() {
+                String::new()
+            } else {
+                format!(" held by stopped pid(s) {:?}", device.held_by_stopped_pids)
+            };
+            [
+                device.index.to_string(),
+                device.name.clone(),
+                device.uuid.clone(),
+                format!("{}/{} MiB", device.memory_used_mib, device.memory_total_mib),
+                format!("{}{held}", or_dash(leases.join(", "))),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(["GPU", "NAME", "UUID", "MEMORY", "LEASES"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::config::Checked;
 use crate::api::{self, Access, ApiState};
+use crate::gpu::{GpuBroker, Inventory};
 use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -72,6 +73,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
             ready_url: Some(format!("http://{}", reachable(bound))),
+            gpus: Some(Arc::new(GpuBroker::new(
+                Inventory::discover(&config.declared_gpus),
+                Some(config.daemon.state_dir.join("gpu-leases.json")),
+            ))),
         };
         let supervisor = Arc::new(Supervisor::launch(specs, options)?);
         let count = supervisor.statuses().len();

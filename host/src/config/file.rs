@@ -18,6 +18,9 @@ pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, RawService>,
+    /// `[[gpus]]`: devices for machines where nvidia-smi cannot tell.
+    #[serde(default)]
+    pub gpus: Vec<crate::gpu::DeclaredGpu>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +79,9 @@ pub struct RawService {
     pub gpus: Option<Spanned<toml::Value>>,
     /// `vram = "20GiB"`.
     pub vram: Option<Spanned<String>>,
+    /// `exclusive` (default) or `shared`.
+    #[serde(default)]
+    pub gpu_mode: crate::gpu::GpuMode,
     // What people already write in service manifests, read as the keys above.
     /// `gpu_required = true` is `gpus = 1`.
     pub gpu_required: Option<Spanned<bool>>,

@@ -40,6 +40,8 @@ pub struct DaemonConfig {
 pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    /// `[[gpus]]`, used when nvidia-smi does not answer.
+    pub declared_gpus: Vec<crate::gpu::DeclaredGpu>,
     text: String,
     manifests: Vec<ManifestFile>,
     services: Vec<Declared>,
@@ -144,6 +146,7 @@ impl Config {
         Ok(Self {
             path: path.to_path_buf(),
             daemon,
+            declared_gpus: raw.gpus,
             text,
             manifests,
             services,
@@ -344,7 +347,10 @@ fn gpu_request(
     errors: &mut Vec<ConfigError>,
 ) -> GpuRequest {
     let raw = &declared.raw;
-    let mut request = GpuRequest::default();
+    let mut request = GpuRequest {
+        mode: raw.gpu_mode,
+        ..GpuRequest::default()
+    };
     match (&raw.gpus, &raw.gpu_required) {
         (Some(_), Some(required)) => errors.push(source.error(
             required.span().start,

@@ -24,6 +24,7 @@ pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
 pub use state::{ModelInfo, ServiceStatus, State, StateChange};
 
+use crate::gpu::{Conflict, GpuBroker, GpuRequest};
 use service::{Runner, Shared};
 
 /// How the supervisor runs its services.
@@ -38,6 +39,8 @@ pub struct SupervisorOptions {
     pub log_dir: Option<PathBuf>,
     /// The daemon's base URL; backends get `NANNY_READY_URL` under it.
     pub ready_url: Option<String>,
+    /// Leases GPUs to the services that ask for them.
+    pub gpus: Option<Arc<GpuBroker>>,
 }
 
 impl SupervisorOptions {
@@ -49,6 +52,7 @@ impl SupervisorOptions {
             state_file: None,
             log_dir: None,
             ready_url: None,
+            gpus: None,
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct Supervisor {
     order: Vec<String>,
     /// Each service's direct dependencies.
     graph: BTreeMap<String, Vec<String>>,
+    /// What each service asks of the GPUs.
+    gpu_requests: BTreeMap<String, GpuRequest>,
+    gpus: Option<Arc<GpuBroker>>,
     events: broadcast::Sender<StateChange>,
     /// Subscribed before any task ran, so the first reader misses nothing.
     first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
@@ -83,6 +90,8 @@ pub enum SuperviseError {
     UnknownService(String),
     #[error("nanny is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    GpuConflict(Conflict),
 }
 
 impl Supervisor {
@@ -125,7 +134,12 @@ impl Supervisor {
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
             events: events.clone(),
             ready_url: options.ready_url,
+            gpus: options.gpus.clone(),
         };
+        let gpu_requests = specs
+            .iter()
+            .map(|spec| (spec.service.name.clone(), spec.gpu.clone()))
+            .collect();
         let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
             .map(|spec| {
@@ -186,6 +200,8 @@ impl Supervisor {
             services,
             order,
             graph,
+            gpu_requests,
+            gpus: options.gpus,
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
             shutting_down: AtomicBool::new(false),
@@ -234,8 +250,53 @@ impl Supervisor {
 
     /// Starts `name` and, first, everything it depends on (as `systemctl start`
     /// does with `Requires=`); starting a running service changes nothing.
+    /// A service that needs GPUs nobody can give it now fails with `GpuConflict`,
+    /// naming the holders.
     pub async fn start(&self, name: &str) -> Result<(), SuperviseError> {
+        self.check_gpus(name)?;
         self.start_with_dependencies(name, Command::Start).await
+    }
+
+    /// `start`, stopping first the services whose GPU leases stand in the way
+    /// (least recently changed first); returns once their leases are released.
+    pub async fn start_evicting(&self, name: &str) -> Result<Vec<String>, SuperviseError> {
+        let mut evicted = Vec::new();
+        while let Err(SuperviseError::GpuConflict(conflict)) = self.check_gpus(name) {
+            let mut holders: Vec<ServiceStatus> = conflict
+                .holders
+                .iter()
+                .filter_map(|holder| self.watch(holder).ok())
+                .map(|status| status.borrow().clone())
+                .collect();
+            holders.sort_by_key(|status| status.since_unix_ms);
+            let Some(victim) = holders.first() else {
+                // Nobody to evict (too few devices, memory still held): say so.
+                return Err(SuperviseError::GpuConflict(conflict));
+            };
+            tracing::info!(service = %name, "evicting `{}` for its GPU", victim.name);
+            self.stop(&victim.name).await?;
+            evicted.push(victim.name.clone());
+        }
+        self.start_with_dependencies(name, Command::Start).await?;
+        Ok(evicted)
+    }
+
+    fn check_gpus(&self, name: &str) -> Result<(), SuperviseError> {
+        let status = self.watch(name)?;
+        let (Some(broker), Some(request)) = (&self.gpus, self.gpu_requests.get(name)) else {
+            return Ok(());
+        };
+        if !request.wants_gpus() || status.borrow().state.is_started() {
+            return Ok(());
+        }
+        broker
+            .check(name, request)
+            .map_err(SuperviseError::GpuConflict)
+    }
+
+    /// The GPUs, their leases and their memory, when the supervisor leases GPUs.
+    pub fn gpus(&self) -> Option<&Arc<GpuBroker>> {
+        self.gpus.as_ref()
     }
 
     /// Restarts `name`, starting first whatever it depends on that is down.

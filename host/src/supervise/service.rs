@@ -14,7 +14,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 use super::logs::LogBook;
 use super::probe;
 use super::state::{unix_ms, ModelInfo, ServiceStatus, State, StateChange};
-use crate::gpu::GpuRequest;
+use crate::gpu::{GpuBroker, GpuRequest, Lease};
 use crate::plugin::{
     ExitAdvice, HttpResponse, Launch, Output, Plan, Plugin, PluginSession, Progress, Service,
     SessionHandle,
@@ -151,6 +151,7 @@ pub(super) struct Shared {
     pub events: broadcast::Sender<StateChange>,
     /// The daemon's address for ready callbacks (`http://127.0.0.1:7878`), if it serves them.
     pub ready_url: Option<String>,
+    pub gpus: Option<Arc<GpuBroker>>,
 }
 
 /// Why one launch ended.
@@ -174,6 +175,8 @@ pub(super) struct Runner {
     logs: Arc<LogBook>,
     backoff: Backoff,
     launches: u64,
+    /// The last launch's process, for the GPU release check.
+    last_pid: Option<i32>,
 }
 
 impl Runner {
@@ -195,6 +198,7 @@ impl Runner {
             logs,
             backoff,
             launches: 0,
+            last_pid: None,
         }
     }
 
@@ -355,21 +359,55 @@ impl Runner {
         interrupted
     }
 
+    /// One launch under a GPU lease (when the service asks for GPUs), which is
+    /// given back only once the launch's processes are gone.
     async fn launch_once(&mut self) -> Outcome {
+        let broker = self
+            .shared
+            .gpus
+            .clone()
+            .filter(|_| self.spec.gpu.wants_gpus());
+        let Some(broker) = broker else {
+            return self.launch_with(None).await;
+        };
+        let lease = match broker.acquire(&self.spec.service.name, &self.spec.gpu) {
+            Ok(lease) => lease,
+            Err(conflict) => return Outcome::GaveUp(conflict.message),
+        };
+        self.status
+            .send_modify(|status| status.gpus.clone_from(&lease.devices));
+        let (outcome, main_pid) = {
+            let outcome = self.launch_with(Some(&lease)).await;
+            (outcome, self.last_pid)
+        };
+        broker.release(&lease, main_pid);
+        self.status.send_modify(|status| status.gpus.clear());
+        let name = self.spec.service.name.clone();
+        tokio::spawn(async move {
+            if let Some(report) = broker.await_release(&name).await {
+                tracing::warn!(service = %name, "{report}");
+            }
+        });
+        outcome
+    }
+
+    async fn launch_with(&mut self, lease: Option<&Lease>) -> Outcome {
         // Held while starting: at most `max_concurrent_starts` load at once.
         let permit = self.shared.starts.clone().acquire_owned().await.ok();
         self.set(State::Starting {
             loading_percent: None,
         });
-        let session = match SessionHandle::spawn(PluginSession::new(
-            self.spec.plugin.clone(),
-            self.spec.service.clone(),
-        )) {
-            Ok(session) => session,
-            Err(error) => {
-                return Outcome::GaveUp(format!("cannot start the plugin's thread: {error}"))
-            }
-        };
+        let mut service = self.spec.service.clone();
+        if let (Some(lease), Some(broker)) = (lease, &self.shared.gpus) {
+            service.gpus = broker.devices_of(lease);
+        }
+        let session =
+            match SessionHandle::spawn(PluginSession::new(self.spec.plugin.clone(), service)) {
+                Ok(session) => session,
+                Err(error) => {
+                    return Outcome::GaveUp(format!("cannot start the plugin's thread: {error}"))
+                }
+            };
         let mut plan = match session.call(|session| session.plan()).await {
             Ok(Ok(plan)) => plan,
             Ok(Err(errors)) => {
@@ -392,6 +430,7 @@ impl Runner {
             Ok(process) => process,
             Err(reason) => return Outcome::GaveUp(reason),
         };
+        self.last_pid = Some(process.pid());
         self.status
             .send_modify(|status| status.pid = Some(process.pid()));
         let mut launch = Running {
@@ -425,6 +464,12 @@ impl Runner {
         let name = &self.spec.service.name;
         let mut env = process.env.clone();
         env.push(("NANNY_SERVICE".into(), name.clone()));
+        let leased = self.status.borrow().gpus.join(",");
+        if !leased.is_empty() {
+            // Set by nanny after the plan: the backend sees exactly its lease.
+            env.retain(|(key, _)| key != "CUDA_VISIBLE_DEVICES");
+            env.push(("CUDA_VISIBLE_DEVICES".into(), leased));
+        }
         if let Some(base) = &self.shared.ready_url {
             env.push((
                 "NANNY_READY_URL".into(),

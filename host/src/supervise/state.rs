@@ -64,6 +64,8 @@ pub struct ServiceStatus {
     pub port: u16,
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// The UUIDs of the GPUs leased to the running launch.
+    pub gpus: Vec<String>,
     /// What the backend serves, as its plugin read the backend's model list once ready.
     pub models: Vec<ModelInfo>,
 }
@@ -88,6 +90,7 @@ impl ServiceStatus {
             port,
             restarts: 0,
             last_failure: None,
+            gpus: Vec::new(),
             models: Vec::new(),
         }
     }

@@ -1,0 +1,284 @@
+//! The broker: the lease table behind a lock, the inventory it leases from, the
+//! memory that stopped services have not given back yet, and a checkpoint on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::inventory::{compute_apps, Inventory, InventorySource};
+use super::lease::{Conflict, Lease, LeaseTable};
+use super::{GpuMode, GpuRequest};
+
+/// How long a stopped service's processes get to give their GPU memory back.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct GpuBroker {
+    inventory: Mutex<Inventory>,
+    table: Mutex<LeaseTable>,
+    /// Device UUID → PIDs of stopped services still holding memory there.
+    held: Mutex<BTreeMap<String, BTreeSet<i32>>>,
+    checkpoint: Option<PathBuf>,
+}
+
+/// What `GET /v1/gpus` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GpuSnapshot {
+    /// `nvidia_smi`, `declared` or `none`.
+    pub source: String,
+    pub devices: Vec<DeviceView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_mib: u64,
+    pub memory_used_mib: u64,
+    pub leases: Vec<LeaseView>,
+    /// PIDs of stopped services whose memory is not back yet; no lease is granted
+    /// here until it is.
+    pub held_by_stopped_pids: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseView {
+    pub service: String,
+    /// `exclusive` or `shared`.
+    pub mode: String,
+    pub vram_mib: u64,
+}
+
+impl GpuBroker {
+    /// The broker over `inventory`. A checkpoint left by an earlier daemon is read
+    /// back: what its services still run keeps their devices blocked until gone.
+    pub fn new(inventory: Inventory, checkpoint: Option<PathBuf>) -> Self {
+        let broker = Self {
+            inventory: Mutex::new(inventory),
+            table: Mutex::new(LeaseTable::default()),
+            held: Mutex::new(BTreeMap::new()),
+            checkpoint,
+        };
+        let earlier: Option<LeaseTable> = broker
+            .checkpoint
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        for lease in earlier.iter().flat_map(LeaseTable::leases) {
+            let alive = pids_of_service(&lease.service);
+            if !alive.is_empty() {
+                let mut held = lock(&broker.held);
+                for uuid in &lease.devices {
+                    held.entry(uuid.clone()).or_default().extend(&alive);
+                }
+            }
+        }
+        broker.save();
+        broker
+    }
+
+    /// The leased devices as the plugin sees them.
+    pub fn devices_of(&self, lease: &Lease) -> Vec<crate::plugin::Gpu> {
+        let inventory = lock(&self.inventory);
+        lease
+            .devices
+            .iter()
+            .filter_map(|uuid| inventory.devices.iter().find(|d| d.uuid == *uuid))
+            .map(|device| crate::plugin::Gpu {
+                index: device.index,
+                uuid: device.uuid.clone(),
+                memory_mib: device.memory_total_mib,
+            })
+            .collect()
+    }
+
+    pub fn has_devices(&self) -> bool {
+        !lock(&self.inventory).devices.is_empty()
+    }
+
+    /// Takes a lease for `service`, or says who is in the way.
+    pub fn acquire(&self, service: &str, request: &GpuRequest) -> Result<Lease, Conflict> {
+        self.forget_freed_memory();
+        let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
+        let devices = lock(&self.inventory).devices.clone();
+        let lease = lock(&self.table).acquire(&devices, service, request, &held)?;
+        self.save();
+        Ok(lease)
+    }
+
+    /// Whether `acquire` would succeed now, without taking anything.
+    pub fn check(&self, service: &str, request: &GpuRequest) -> Result<(), Conflict> {
+        self.forget_freed_memory();
+        let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
+        let devices = lock(&self.inventory).devices.clone();
+        let mut trial = lock(&self.table).clone();
+        trial.acquire(&devices, service, request, &held).map(|_| ())
+    }
+
+    /// Gives the lease back once the service's processes are gone. Its PIDs that
+    /// still hold memory on its devices keep those devices from new leases.
+    pub fn release(&self, lease: &Lease, main_pid: Option<i32>) {
+        lock(&self.table).release(&lease.service);
+        let mut ours = pids_of_service(&lease.service);
+        ours.extend(main_pid);
+        let lingering: BTreeSet<i32> = compute_apps()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| ours.contains(pid))
+            .collect();
+        if !lingering.is_empty() {
+            let mut held = lock(&self.held);
+            for uuid in &lease.devices {
+                held.entry(uuid.clone()).or_default().extend(&lingering);
+            }
+        }
+        self.save();
+    }
+
+    /// After a release: waits for the service's memory to come back, killing what
+    /// is left of the service; `Some(report)` when it did not come back in time.
+    pub async fn await_release(&self, service: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+        let mut killed = false;
+        loop {
+            let lingering = self.forget_freed_memory();
+            if lingering.is_empty() {
+                return None;
+            }
+            if !killed {
+                // Only processes that are provably the service's: its NANNY_SERVICE.
+                for pid in pids_of_service(service) {
+                    // SAFETY: kill(2) on a process launched for this service.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                killed = true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Some(format!(
+                    "GPU memory of `{service}` still held by pid(s) {lingering:?} {}s after it stopped; those GPUs take no new lease until it is freed",
+                    RELEASE_TIMEOUT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Drops held PIDs that no longer hold memory; returns those that still do.
+    fn forget_freed_memory(&self) -> BTreeSet<i32> {
+        let mut held = lock(&self.held);
+        if held.is_empty() {
+            return BTreeSet::new();
+        }
+        let using: BTreeSet<i32> = compute_apps()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        for pids in held.values_mut() {
+            pids.retain(|pid| using.contains(pid));
+        }
+        held.retain(|_, pids| !pids.is_empty());
+        held.values().flatten().copied().collect()
+    }
+
+    pub fn snapshot(&self) -> GpuSnapshot {
+        self.forget_freed_memory();
+        let inventory = {
+            let mut inventory = lock(&self.inventory);
+            inventory.refresh();
+            inventory.clone()
+        };
+        let table = lock(&self.table).clone();
+        let held = lock(&self.held).clone();
+        let source = match inventory.source {
+            InventorySource::NvidiaSmi => "nvidia_smi",
+            InventorySource::Declared => "declared",
+            InventorySource::None => "none",
+        };
+        GpuSnapshot {
+            source: source.into(),
+            devices: inventory
+                .devices
+                .iter()
+                .map(|device| DeviceView {
+                    index: device.index,
+                    uuid: device.uuid.clone(),
+                    name: device.name.clone(),
+                    memory_total_mib: device.memory_total_mib,
+                    memory_used_mib: device.memory_used_mib,
+                    leases: table
+                        .leases()
+                        .filter(|lease| lease.devices.contains(&device.uuid))
+                        .map(|lease| LeaseView {
+                            service: lease.service.clone(),
+                            mode: match lease.mode {
+                                GpuMode::Exclusive => "exclusive".into(),
+                                GpuMode::Shared => "shared".into(),
+                            },
+                            vram_mib: lease.vram_mib,
+                        })
+                        .collect(),
+                    held_by_stopped_pids: held
+                        .get(&device.uuid)
+                        .map(|pids| pids.iter().copied().collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The lease table, written atomically.
+    fn save(&self) {
+        let Some(path) = &self.checkpoint else {
+            return;
+        };
+        let table = lock(&self.table).clone();
+        let Ok(bytes) = serde_json::to_vec_pretty(&table) else {
+            return;
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let temporary = path.with_extension("json.tmp");
+        let written =
+            std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(error) = written {
+            tracing::warn!(
+                "cannot checkpoint the GPU leases to {}: {error}",
+                path.display()
+            );
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every live process launched for `service`: each carries `NANNY_SERVICE=<service>`
+/// in its environment, however far it double-forked.
+pub fn pids_of_service(service: &str) -> Vec<i32> {
+    let needle = format!("NANNY_SERVICE={service}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|variable| variable == needle.as_bytes())
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,164 @@
+//! GPU leases end to end, through the real daemon and its API, with a fake
+//! `nvidia-smi` first on PATH (the same code path as the real one) driven by
+//! files this test writes.
+
+use std::path::Path;
+
+use nanny_tests::{call, nanny_bin, port_range_line, workspace, Daemon};
+use serde_json::Value;
+
+const TWO_ON_ONE_GPU: &str = r#"
+[services.first]
+backend = "mock"
+gpus = [0]
+
+[services.second]
+backend = "mock"
+gpus = [0]
+autostart = false
+"#;
+
+/// A daemon whose `nvidia-smi` is the fake one, reading `dir`.
+fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
+    std::fs::write(
+        dir.join("gpus.csv"),
+        "0, GPU-fake-0, Fake H100, 81559, 0\n1, GPU-fake-1, Fake H100, 81559, 0\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        workspace().join("tests/fake-gpu").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let file = dir.join("nanny.toml");
+    std::fs::write(&file, format!("[daemon]\n{}\n{config}", port_range_line())).unwrap();
+    let fake_dir = dir.display().to_string();
+    Daemon::up_with(
+        &file,
+        dir,
+        &[
+            ("PATH", path.as_str()),
+            ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
+        ],
+    )
+}
+
+fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
+    call("GET", &format!("{}{path}", daemon.url), None)
+}
+
+fn post(daemon: &Daemon, path: &str) -> (u16, Value) {
+    call("POST", &format!("{}{path}", daemon.url), None)
+}
+
+fn environ(pid: i64) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|byte| *byte == 0)
+        .map(|variable| String::from_utf8_lossy(variable).into_owned())
+        .collect()
+}
+
+#[test]
+fn one_exclusive_gpu_two_services_conflict_then_force_evicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = daemon_with_fake_gpus(dir.path(), TWO_ON_ONE_GPU);
+    daemon.expect(|line| line.starts_with("[first] ready on "));
+
+    let (_, gpus) = get(&daemon, "/v1/gpus");
+    assert_eq!(gpus["source"], "nvidia_smi");
+    assert_eq!(gpus["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(gpus["devices"][0]["leases"][0]["service"], "first");
+    assert_eq!(gpus["devices"][0]["leases"][0]["mode"], "exclusive");
+    assert_eq!(gpus["devices"][1]["leases"], serde_json::json!([]));
+
+    let (_, first) = get(&daemon, "/v1/services/first");
+    assert_eq!(first["gpus"], serde_json::json!(["GPU-fake-0"]));
+    let pid = first["pid"].as_i64().unwrap();
+    assert!(
+        environ(pid).contains(&"CUDA_VISIBLE_DEVICES=GPU-fake-0".to_string()),
+        "the backend sees exactly its lease"
+    );
+
+    let (status, refused) = post(&daemon, "/v1/services/second/start?wait=true");
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "conflict");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("GPU 0 (GPU-fake-0) is held by `first`"),
+        "{message}"
+    );
+
+    let (status, second) = post(&daemon, "/v1/services/second/start?wait=true&force=true");
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["state"], "ready");
+    assert_eq!(second["gpus"], serde_json::json!(["GPU-fake-0"]));
+    let (_, first) = get(&daemon, "/v1/services/first");
+    assert_eq!(first["state"], "stopped", "evicted");
+    assert_eq!(first["gpus"], serde_json::json!([]));
+    let (_, gpus) = get(&daemon, "/v1/gpus");
+    let holders: Vec<&str> = gpus["devices"][0]["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|lease| lease["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, ["second"]);
+
+    let output = std::process::Command::new(nanny_bin())
+        .args(["gpus", "--url", &daemon.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.starts_with("GPU  NAME"), "{table}");
+    assert!(table.contains("second (exclusive, 0 MiB)"), "{table}");
+}
+
+#[test]
+fn memory_that_lingers_after_a_stop_blocks_the_next_lease_until_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = daemon_with_fake_gpus(dir.path(), TWO_ON_ONE_GPU);
+    daemon.expect(|line| line.starts_with("[first] ready on "));
+    let (_, first) = get(&daemon, "/v1/services/first");
+    let pid = first["pid"].as_i64().unwrap();
+
+    // The driver still counts the process's memory after it is gone.
+    std::fs::write(dir.path().join("apps.csv"), format!("{pid}, 30000\n")).unwrap();
+    let (_, stopped) = post(&daemon, "/v1/services/first/stop?wait=true");
+    assert_eq!(stopped["state"], "stopped");
+    let (_, gpus) = get(&daemon, "/v1/gpus");
+    assert_eq!(gpus["devices"][0]["leases"], serde_json::json!([]));
+    assert_eq!(
+        gpus["devices"][0]["held_by_stopped_pids"],
+        serde_json::json!([pid])
+    );
+
+    let (status, refused) = post(&daemon, "/v1/services/second/start");
+    assert_eq!(status, 409);
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("still holds memory"), "{message}");
+    // Nobody holds a lease to evict: force cannot help either.
+    let (status, _) = post(&daemon, "/v1/services/second/start?force=true");
+    assert_eq!(status, 409);
+
+    std::fs::write(dir.path().join("apps.csv"), "").unwrap();
+    let (status, second) = post(&daemon, "/v1/services/second/start?wait=true");
+    assert_eq!((status, second["state"].as_str()), (200, Some("ready")));
+}
+
+#[test]
+fn gpu_metrics_come_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = daemon_with_fake_gpus(dir.path(), TWO_ON_ONE_GPU);
+    daemon.expect(|line| line.starts_with("[first] ready on "));
+    let (_, metrics) = get(&daemon, "/metrics");
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("nanny_gpu_leases{gpu=\"0\",uuid=\"GPU-fake-0\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "nanny_gpu_memory_total_bytes{{gpu=\"1\",uuid=\"GPU-fake-1\"}} {}",
+        81559u64 * 1024 * 1024
+    )));
+}
