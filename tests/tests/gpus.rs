@@ -39,6 +39,7 @@ fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
         &[
             ("PATH", path.as_str()),
             ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
+            ("NANNY_NO_NVML", "1"),
         ],
     )
 }

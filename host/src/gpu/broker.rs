@@ -28,7 +28,7 @@ pub struct GpuBroker {
 /// What `GET /v1/gpus` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GpuSnapshot {
-    /// `nvidia_smi`, `declared` or `none`.
+    /// `nvml`, `nvidia_smi`, `declared` or `none`.
     pub source: String,
     pub devices: Vec<DeviceView>,
 }
@@ -197,6 +197,7 @@ impl GpuBroker {
         let table = lock(&self.table).clone();
         let held = lock(&self.held).clone();
         let source = match inventory.source {
+            InventorySource::Nvml => "nvml",
             InventorySource::NvidiaSmi => "nvidia_smi",
             InventorySource::Declared => "declared",
             InventorySource::None => "none",

@@ -1,5 +1,6 @@
-//! What GPUs this machine has and who uses their memory: `nvidia-smi` when it
-//! answers, else the `[[gpus]]` declared in nanny.toml, else none.
+//! What GPUs this machine has and who uses their memory: NVML when the driver's
+//! library loads, else `nvidia-smi` when it answers, else the `[[gpus]]` declared
+//! in nanny.toml, else none.
 
 use std::process::Command;
 
@@ -19,6 +20,7 @@ pub struct Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InventorySource {
+    Nvml,
     NvidiaSmi,
     Declared,
     None,
@@ -42,8 +44,14 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// `nvidia-smi` first; then the declared GPUs; then none.
+    /// NVML first; then `nvidia-smi`; then the declared GPUs; then none.
     pub fn discover(declared: &[DeclaredGpu]) -> Self {
+        if let Some(devices) = super::nvml::devices() {
+            return Self {
+                source: InventorySource::Nvml,
+                devices,
+            };
+        }
         if let Some(devices) = query_devices() {
             return Self {
                 source: InventorySource::NvidiaSmi,
@@ -77,10 +85,12 @@ impl Inventory {
 
     /// Fresh memory figures, where the source can give them.
     pub fn refresh(&mut self) {
-        if self.source != InventorySource::NvidiaSmi {
-            return;
-        }
-        if let Some(devices) = query_devices() {
+        let fresh = match self.source {
+            InventorySource::Nvml => super::nvml::devices(),
+            InventorySource::NvidiaSmi => query_devices(),
+            InventorySource::Declared | InventorySource::None => None,
+        };
+        if let Some(devices) = fresh {
             for fresh in devices {
                 if let Some(device) = self.devices.iter_mut().find(|d| d.uuid == fresh.uuid) {
                     device.memory_used_mib = fresh.memory_used_mib;
@@ -106,9 +116,12 @@ fn query_devices() -> Option<Vec<Device>> {
     parse_devices(&csv).ok()
 }
 
-/// Which processes hold GPU memory, and how much (MiB); `None` when nvidia-smi
-/// cannot say.
+/// Which processes hold GPU memory, and how much (MiB); `None` when neither NVML
+/// nor nvidia-smi can say.
 pub fn compute_apps() -> Option<Vec<(i32, u64)>> {
+    if let Some(apps) = super::nvml::compute_apps() {
+        return Some(apps);
+    }
     let csv = nvidia_smi(&[
         "--query-compute-apps=pid,used_memory",
         "--format=csv,noheader,nounits",

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod inventory;
 pub mod lease;
+mod nvml;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,144 @@
+//! What happens to GPU memory after a stop, and after a daemon restart: the
+//! supervisor and the GPU broker with real processes and the fake `nvidia-smi`
+//! (first on this test process's PATH, so this file holds a single test).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nanny::gpu::{GpuBroker, GpuDevices, GpuRequest, Inventory};
+use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting};
+use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
+use nanny_tests::{is_running, until, workspace};
+
+fn gpu_zero() -> GpuRequest {
+    GpuRequest {
+        devices: GpuDevices::Named(vec!["0".into()]),
+        ..GpuRequest::default()
+    }
+}
+
+/// Waits up to 30 s for `done`, checking every 50 ms: the broker polls
+/// nvidia-smi, so there is no event to await.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "never {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn held_on_gpu_zero(broker: &GpuBroker) -> Vec<i32> {
+    broker.snapshot().devices[0].held_by_stopped_pids.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_gpu_processes_are_killed_and_a_restarted_daemon_honours_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gpus.csv"),
+        "0, GPU-fake-0, Fake H100, 81559, 0\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        workspace().join("tests/fake-gpu").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // SAFETY: set before this test starts any thread of its own; it is the only
+    // test in this binary.
+    unsafe {
+        std::env::set_var("PATH", path);
+        std::env::set_var("NANNY_FAKE_GPU_DIR", dir.path());
+        std::env::set_var("NANNY_NO_NVML", "1");
+    }
+    let checkpoint = dir.path().join("gpu-leases.json");
+    escapees_are_killed_after_a_stop(dir.path(), &checkpoint).await;
+    a_restarted_broker_keeps_devices_of_live_services_blocked(dir.path(), &checkpoint);
+}
+
+async fn escapees_are_killed_after_a_stop(dir: &Path, checkpoint: &Path) {
+    let broker = Arc::new(GpuBroker::new(
+        Inventory::discover(&[]),
+        Some(checkpoint.to_path_buf()),
+    ));
+    let engine = PluginEngine::new(Limits::default(), None).unwrap();
+    let catalog = Catalog::load(&engine, &[]);
+    let settings = vec![
+        // The setsid child leaves the process group: a group kill misses it.
+        Setting::list(
+            "command",
+            &[
+                "sh",
+                "-c",
+                "setsid sleep 1000 & echo READY; exec sleep 1000",
+            ],
+        ),
+        Setting::text("ready_line", "^READY"),
+        Setting::text("health_path", ""),
+    ];
+    let mut spec = ServiceSpec::new(
+        Service::local("escapee", 1, settings),
+        catalog.get("command").unwrap().clone(),
+    );
+    spec.gpu = gpu_zero();
+    let options = SupervisorOptions {
+        gpus: Some(broker.clone()),
+        ..SupervisorOptions::in_memory(1)
+    };
+    let supervisor = Supervisor::launch(vec![spec], options).unwrap();
+    let mut status = supervisor.watch("escapee").unwrap();
+    let ready = until(&mut status, "ready", |s| s.state == State::Ready).await;
+    assert_eq!(ready.gpus, ["GPU-fake-0"]);
+    let main = ready.pid.unwrap();
+    let mut escapee = None;
+    eventually("the setsid child appears", || {
+        escapee = nanny::gpu::broker::pids_of_service("escapee")
+            .into_iter()
+            .find(|pid| *pid != main);
+        escapee.is_some()
+    });
+    let escapee = escapee.unwrap();
+    std::fs::write(dir.join("apps-alive.csv"), format!("{escapee}, 2048\n")).unwrap();
+
+    supervisor.stop("escapee").await.unwrap();
+    eventually("the escapee killed", || !is_running(escapee));
+    eventually("its memory back", || held_on_gpu_zero(&broker).is_empty());
+    assert!(broker.acquire("next", &gpu_zero()).is_ok());
+    supervisor.shutdown().await;
+}
+
+fn a_restarted_broker_keeps_devices_of_live_services_blocked(dir: &Path, checkpoint: &Path) {
+    // What an earlier daemon left: a lease for `ghost`, whose process lives on.
+    std::fs::write(
+        checkpoint,
+        r#"{"leases": {"ghost": {"service": "ghost", "devices": ["GPU-fake-0"], "mode": "exclusive", "vram_mib": 0}}}"#,
+    )
+    .unwrap();
+    let mut ghost = Command::new("sleep")
+        .arg("1000")
+        .env("NANNY_SERVICE", "ghost")
+        .spawn()
+        .unwrap();
+    let pid = ghost.id() as i32;
+    std::fs::write(dir.join("apps-alive.csv"), format!("{pid}, 4096\n")).unwrap();
+
+    let broker = GpuBroker::new(Inventory::discover(&[]), Some(checkpoint.to_path_buf()));
+    assert_eq!(held_on_gpu_zero(&broker), [pid]);
+    let refused = broker.acquire("other", &gpu_zero()).unwrap_err();
+    assert!(
+        refused.message.contains("still holds memory"),
+        "{}",
+        refused.message
+    );
+
+    ghost.kill().unwrap();
+    ghost.wait().unwrap();
+    assert!(broker.acquire("other", &gpu_zero()).is_ok());
+    let saved = std::fs::read_to_string(checkpoint).unwrap();
+    assert!(
+        saved.contains("\"other\"") && !saved.contains("\"ghost\""),
+        "{saved}"
+    );
+}
