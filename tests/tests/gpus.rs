@@ -163,3 +163,56 @@ fn gpu_metrics_come_per_device() {
         81559u64 * 1024 * 1024
     )));
 }
+
+#[test]
+fn shared_gpus_are_budgeted_by_vram_or_the_plugins_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+[services.big]
+backend = "mock"
+gpus = [1]
+gpu_mode = "shared"
+vram = "60GiB"
+
+[services.small]
+backend = "mock"
+gpus = [1]
+gpu_mode = "shared"
+settings = { vram_estimate_mib = 20000 }
+autostart = false
+
+[services.tiny]
+backend = "mock"
+gpus = [1]
+gpu_mode = "shared"
+vram = "10GiB"
+"#;
+    let daemon = daemon_with_fake_gpus(dir.path(), config);
+    daemon.expect(|line| line.starts_with("[big] ready on "));
+    daemon.expect(|line| line.starts_with("[tiny] ready on "));
+    // 81559 MiB: 61440 + 10240 leased, 9879 left; the estimate asks 20000.
+    let (status, refused) = post(&daemon, "/v1/services/small/start");
+    assert_eq!(status, 409, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("9879 MiB of 81559 MiB left"), "{message}");
+    assert!(message.contains("20000 MiB needed"), "{message}");
+    post(&daemon, "/v1/services/tiny/stop?wait=true");
+    let (status, small) = post(&daemon, "/v1/services/small/start?wait=true");
+    assert_eq!((status, small["state"].as_str()), (200, Some("ready")));
+    let (_, gpus) = get(&daemon, "/v1/gpus");
+    let leases: Vec<(String, u64)> = gpus["devices"][1]["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["service"].as_str().unwrap().to_string(),
+                l["vram_mib"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        [("big".to_string(), 61440), ("small".to_string(), 20000)]
+    );
+}

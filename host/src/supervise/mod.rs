@@ -24,7 +24,8 @@ pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
 pub use state::{ModelInfo, ServiceStatus, State, StateChange};
 
-use crate::gpu::{Conflict, GpuBroker, GpuRequest};
+use crate::gpu::{Conflict, GpuBroker, GpuMode, GpuRequest};
+use crate::plugin::PluginSession;
 use service::{Runner, Shared};
 
 /// How the supervisor runs its services.
@@ -136,6 +137,10 @@ impl Supervisor {
             ready_url: options.ready_url,
             gpus: options.gpus.clone(),
         };
+        let mut specs = specs;
+        for spec in &mut specs {
+            fill_vram_estimate(spec);
+        }
         let gpu_requests = specs
             .iter()
             .map(|spec| (spec.service.name.clone(), spec.gpu.clone()))
@@ -378,5 +383,17 @@ impl Supervisor {
             // Every service is stopped; what is left of each task is its idle loop.
             handle.task.abort();
         }
+    }
+}
+
+/// A shared GPU lease counts VRAM; where the user gave none, the plugin's plan
+/// may estimate it (from the model, the context size, …).
+fn fill_vram_estimate(spec: &mut ServiceSpec) {
+    if spec.gpu.mode != GpuMode::Shared || spec.gpu.vram_mib.is_some() || !spec.gpu.wants_gpus() {
+        return;
+    }
+    let mut session = PluginSession::new(spec.plugin.clone(), spec.service.clone());
+    if let Ok(Ok(plan)) = session.plan() {
+        spec.gpu.vram_mib = plan.vram_mib;
     }
 }

@@ -21,6 +21,12 @@ impl Backend for Mock {
                 Some(Value::Integer(0)),
                 false,
             ),
+            setting(
+                "vram_estimate_mib",
+                "The GPU memory the plan claims to need, as a real backend's plugin estimates it.",
+                None,
+                false,
+            ),
         ]
     }
 
@@ -31,6 +37,7 @@ impl Backend for Mock {
             .or_else(|| service.model.clone().map(|model| vec![model]))
             .unwrap_or_else(|| vec!["mock".to_string()]);
         let delay = settings.integer("startup_delay_ms").unwrap_or(0);
+        let vram_estimate = settings.integer("vram_estimate_mib");
         if delay < 0 {
             settings.error("startup_delay_ms", "must not be negative");
         }
@@ -45,6 +52,7 @@ impl Backend for Mock {
             .finish()?;
         let mut plan = process_plan(service, "nanny", args);
         plan.grace_ms = Some(2_000);
+        plan.vram_mib = vram_estimate.and_then(|mib| u64::try_from(mib).ok());
         Ok(plan)
     }
 
