@@ -233,6 +233,15 @@ impl Daemon {
         panic!("the line never came; saw:\n{}", seen.join("\n"));
     }
 
+    /// Reads lines until one starting with each of `prefixes` has come, in any order.
+    pub fn expect_each(&self, prefixes: &[&str]) {
+        let mut pending: Vec<&str> = prefixes.to_vec();
+        while !pending.is_empty() {
+            let line = self.expect(|line| pending.iter().any(|p| line.starts_with(p)));
+            pending.retain(|prefix| !line.starts_with(prefix));
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };

@@ -142,6 +142,20 @@ fn memory_that_lingers_after_a_stop_blocks_the_next_lease_until_freed() {
     let (status, _) = post(&daemon, "/v1/services/second/start?force=true");
     assert_eq!(status, 409);
 
+    // Reported in the service's log once the release check gives up waiting.
+    let response = nanny_tests::agent()
+        .get(format!(
+            "{}/v1/services/first/logs?follow=true&tail=0",
+            daemon.url
+        ))
+        .call()
+        .unwrap();
+    let reader = std::io::BufReader::new(response.into_body().into_reader());
+    let report = std::io::BufRead::lines(reader)
+        .map_while(Result::ok)
+        .find(|line| line.contains("GPU memory of `first` still held by pid(s)"));
+    assert!(report.is_some_and(|line| line.contains(&pid.to_string())));
+
     std::fs::write(dir.path().join("apps.csv"), "").unwrap();
     let (status, second) = post(&daemon, "/v1/services/second/start?wait=true");
     assert_eq!((status, second["state"].as_str()), (200, Some("ready")));
@@ -188,8 +202,7 @@ gpu_mode = "shared"
 vram = "10GiB"
 "#;
     let daemon = daemon_with_fake_gpus(dir.path(), config);
-    daemon.expect(|line| line.starts_with("[big] ready on "));
-    daemon.expect(|line| line.starts_with("[tiny] ready on "));
+    daemon.expect_each(&["[big] ready on ", "[tiny] ready on "]);
     // 81559 MiB: 61440 + 10240 leased, 9879 left; the estimate asks 20000.
     let (status, refused) = post(&daemon, "/v1/services/small/start");
     assert_eq!(status, 409, "{refused}");

@@ -23,6 +23,8 @@ pub struct GpuBroker {
     /// Device UUID → PIDs of stopped services still holding memory there.
     held: Mutex<BTreeMap<String, BTreeSet<i32>>>,
     checkpoint: Option<PathBuf>,
+    /// One checkpoint write at a time: they share the temporary file.
+    saving: Mutex<()>,
 }
 
 /// What `GET /v1/gpus` shows.
@@ -63,6 +65,7 @@ impl GpuBroker {
             table: Mutex::new(LeaseTable::default()),
             held: Mutex::new(BTreeMap::new()),
             checkpoint,
+            saving: Mutex::new(()),
         };
         let earlier: Option<LeaseTable> = broker
             .checkpoint
@@ -239,6 +242,7 @@ impl GpuBroker {
         let Some(path) = &self.checkpoint else {
             return;
         };
+        let _one_at_a_time = lock(&self.saving);
         let table = lock(&self.table).clone();
         let Ok(bytes) = serde_json::to_vec_pretty(&table) else {
             return;

@@ -383,9 +383,15 @@ impl Runner {
         broker.release(&lease, main_pid);
         self.status.send_modify(|status| status.gpus.clear());
         let name = self.spec.service.name.clone();
+        let logs = self.logs.clone();
         tokio::spawn(async move {
             if let Some(report) = broker.await_release(&name).await {
                 tracing::warn!(service = %name, "{report}");
+                // In the service's own log, where `nanny logs` shows it.
+                logs.push(&OutputLine {
+                    stream: Stream::Stderr,
+                    text: format!("nanny: {report}"),
+                });
             }
         });
         outcome
