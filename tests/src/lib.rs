@@ -312,3 +312,64 @@ pub fn call(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// Whether a Docker engine answers here; tests that need one skip (saying so)
+/// only when none does.
+pub fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// A tiny local image for container tests (the engine has no registry): just the
+/// C libraries `nanny` links against, so a container can run the `nanny` binary
+/// bind-mounted at `/nanny`. Built once with `docker import`.
+pub fn runtime_image() -> &'static str {
+    const IMAGE: &str = "nanny-test-runtime:1";
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if present {
+            return;
+        }
+        let root = tempfile::tempdir().expect("a temporary root");
+        let output = Command::new("ldd").arg(nanny_bin()).output().expect("ldd");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux… (0x…)`
+            let Some(path) = line.split_whitespace().find(|word| word.starts_with('/')) else {
+                continue;
+            };
+            let target = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(path, &target).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+        }
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        let archive = root.path().with_extension("tar");
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(root.path())
+            .arg("-cf")
+            .arg(&archive)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(tar.success(), "tar of the image root");
+        let imported = Command::new("docker")
+            .args(["import"])
+            .arg(&archive)
+            .arg(IMAGE)
+            .output()
+            .expect("docker import");
+        let _ = std::fs::remove_file(&archive);
+        assert!(
+            imported.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    });
+    IMAGE
+}

@@ -71,7 +71,7 @@ impl From<&ServiceStatus> for ServiceView {
             state: StateName::from(&status.state),
             since_unix_ms: status.since_unix_ms,
             pid: status.pid,
-            container_id: None,
+            container_id: status.container_id.clone(),
             port: status.port,
             gpus: status.gpus.clone(),
             restarts: status.restarts,

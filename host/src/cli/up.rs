@@ -73,6 +73,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
             ready_url: Some(format!("http://{}", reachable(bound))),
+            instance: instance_of(&config.daemon.state_dir),
             gpus: Some(Arc::new(GpuBroker::new(
                 Inventory::discover(&config.declared_gpus),
                 Some(config.daemon.state_dir.join("gpu-leases.json")),
@@ -157,6 +158,18 @@ fn read_token(token_file: Option<&Path>) -> Result<Option<String>, String> {
         return Err(format!("the token file {} is empty", file.display()));
     }
     Ok(Some(token.to_string()))
+}
+
+/// This daemon's name on Docker labels: its state directory's, so the daemon
+/// that comes after it finds what it left.
+fn instance_of(state_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    digest
+        .iter()
+        .take(4)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Where a backend on this machine reaches the daemon: a wildcard bind answers on loopback.

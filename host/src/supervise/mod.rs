@@ -42,6 +42,9 @@ pub struct SupervisorOptions {
     pub ready_url: Option<String>,
     /// Leases GPUs to the services that ask for them.
     pub gpus: Option<Arc<GpuBroker>>,
+    /// Names this daemon's containers (`nanny.instance`); stable across restarts
+    /// of the same daemon so leftovers can be found.
+    pub instance: String,
 }
 
 impl SupervisorOptions {
@@ -54,6 +57,7 @@ impl SupervisorOptions {
             log_dir: None,
             ready_url: None,
             gpus: None,
+            instance: format!("mem{}", std::process::id()),
         }
     }
 }
@@ -136,6 +140,8 @@ impl Supervisor {
             events: events.clone(),
             ready_url: options.ready_url,
             gpus: options.gpus.clone(),
+            instance: options.instance.clone(),
+            docker: Arc::default(),
         };
         let mut specs = specs;
         for spec in &mut specs {

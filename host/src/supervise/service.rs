@@ -20,7 +20,7 @@ use crate::plugin::{
     SessionHandle,
 };
 use crate::runtime::cgroup::Cgroup;
-use crate::runtime::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};
+use crate::runtime::{spawn, ContainerSpec, Exit, Launched, OutputLine, ProcessSpec, Stream};
 
 /// Lines handed to the plugin's `on-exit`.
 const EXIT_LINES: usize = 50;
@@ -152,6 +152,30 @@ pub(super) struct Shared {
     /// The daemon's address for ready callbacks (`http://127.0.0.1:7878`), if it serves them.
     pub ready_url: Option<String>,
     pub gpus: Option<Arc<GpuBroker>>,
+    /// Names this daemon's containers apart from other daemons'.
+    pub instance: String,
+    /// The Docker engine, connected (and swept of this instance's leftovers) on
+    /// the first container launch.
+    pub docker: Arc<tokio::sync::OnceCell<Result<bollard::Docker, String>>>,
+}
+
+impl Shared {
+    pub async fn docker(&self) -> Result<bollard::Docker, String> {
+        self.docker
+            .get_or_init(|| async {
+                let docker = crate::runtime::container::connect()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let removed =
+                    crate::runtime::container::remove_all_of(&docker, &self.instance).await;
+                if removed > 0 {
+                    tracing::info!("removed {removed} container(s) an earlier run left");
+                }
+                Ok(docker)
+            })
+            .await
+            .clone()
+    }
 }
 
 /// Why one launch ended.
@@ -432,13 +456,16 @@ impl Runner {
         self.spec.probes.apply(&mut plan);
         let (lines_in, lines) = mpsc::channel(256);
         let ready_token = crate::secrets::random_token();
-        let process = match self.spawn_process(&plan, &ready_token, lines_in) {
+        let process = match self.spawn_launch(&plan, &ready_token, lines_in).await {
             Ok(process) => process,
             Err(reason) => return Outcome::GaveUp(reason),
         };
-        self.last_pid = Some(process.pid());
-        self.status
-            .send_modify(|status| status.pid = Some(process.pid()));
+        self.last_pid = process.pid();
+        let container_id = process.container_id().map(str::to_string);
+        self.status.send_modify(|status| {
+            status.pid = process.pid();
+            status.container_id = container_id;
+        });
         let mut launch = Running {
             runner: self,
             session,
@@ -453,52 +480,94 @@ impl Runner {
         let outcome = launch.watch().await;
         self.status.send_modify(|status| {
             status.pid = None;
+            status.container_id = None;
             status.models.clear();
         });
         outcome
     }
 
-    fn spawn_process(
+    /// Starts the plan's process or container with nanny's environment on top of
+    /// the plan's: the service name, the GPU lease, the ready callback.
+    async fn spawn_launch(
         &mut self,
         plan: &Plan,
         ready_token: &str,
         lines: mpsc::Sender<OutputLine>,
-    ) -> Result<ProcessHandle, String> {
-        let Launch::Process(process) = &plan.launch else {
-            return Err("this plan launches a container; nanny runs processes only until the container runtime lands".into());
-        };
-        let name = &self.spec.service.name;
-        let mut env = process.env.clone();
-        env.push(("NANNY_SERVICE".into(), name.clone()));
+    ) -> Result<Launched, String> {
+        let name = self.spec.service.name.clone();
+        let mut extra = vec![("NANNY_SERVICE".to_string(), name.clone())];
         let leased = self.status.borrow().gpus.join(",");
         if !leased.is_empty() {
-            // Set by nanny after the plan: the backend sees exactly its lease.
-            env.retain(|(key, _)| key != "CUDA_VISIBLE_DEVICES");
-            env.push(("CUDA_VISIBLE_DEVICES".into(), leased));
+            extra.push(("CUDA_VISIBLE_DEVICES".into(), leased));
         }
         if let Some(base) = &self.shared.ready_url {
-            env.push((
+            extra.push((
                 "NANNY_READY_URL".into(),
                 format!("{base}/v1/services/{name}/ready"),
             ));
-            env.push(("NANNY_READY_TOKEN".into(), ready_token.to_string()));
+            extra.push(("NANNY_READY_TOKEN".into(), ready_token.to_string()));
         }
-        let spec = ProcessSpec {
-            program: process.program.clone(),
-            args: process.args.clone(),
-            env,
-            work_dir: process.work_dir.as_ref().map(PathBuf::from),
+        // Set by nanny after the plan: what nanny sets wins.
+        let with_extra = |env: &[(String, String)]| {
+            let mut env: Vec<(String, String)> = env
+                .iter()
+                .filter(|(key, _)| !extra.iter().any(|(ours, _)| ours == key))
+                .cloned()
+                .collect();
+            env.extend(extra.iter().cloned());
+            env
         };
         self.launches += 1;
-        let cgroup = self.shared.cgroup_root.as_ref().and_then(|root| {
-            Cgroup::create(root.join(format!("{name}-{}", self.launches)))
-                .map_err(
-                    |error| tracing::warn!(service = %name, "no cgroup for this launch: {error}"),
-                )
-                .ok()
-        });
-        spawn(&spec, cgroup, lines)
-            .map_err(|error| format!("cannot start `{}`: {error}", process.program))
+        match &plan.launch {
+            Launch::Process(process) => {
+                let spec = ProcessSpec {
+                    program: process.program.clone(),
+                    args: process.args.clone(),
+                    env: with_extra(&process.env),
+                    work_dir: process.work_dir.as_ref().map(PathBuf::from),
+                };
+                let cgroup = self.shared.cgroup_root.as_ref().and_then(|root| {
+                    Cgroup::create(root.join(format!("{name}-{}", self.launches)))
+                        .map_err(|error| {
+                            tracing::warn!(service = %name, "no cgroup for this launch: {error}")
+                        })
+                        .ok()
+                });
+                spawn(&spec, cgroup, lines)
+                    .map(Launched::Process)
+                    .map_err(|error| format!("cannot start `{}`: {error}", process.program))
+            }
+            Launch::Container(container) => {
+                let docker = self.shared.docker().await?;
+                let instance = &self.shared.instance;
+                let mut spec = ContainerSpec {
+                    name: format!("nanny-{instance}-{name}-{}", self.launches),
+                    service: name.clone(),
+                    instance: instance.clone(),
+                    image: container.image.clone(),
+                    command: container.command.clone(),
+                    env: with_extra(&container.env),
+                    host: self.spec.service.host.clone(),
+                    host_port: self.spec.service.port,
+                    container_port: container.port,
+                    mounts: container
+                        .mounts
+                        .iter()
+                        .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
+                        .collect(),
+                    shm_size_mib: container.shm_size_mib,
+                    gpus: self.status.borrow().gpus.clone(),
+                    spec_hash: String::new(),
+                };
+                spec.spec_hash = crate::runtime::container::spec_hash(&spec);
+                crate::runtime::container::run(&docker, &spec, lines)
+                    .await
+                    .map(Launched::Container)
+                    .map_err(|error| {
+                        format!("cannot start a container of `{}`: {error}", container.image)
+                    })
+            }
+        }
     }
 }
 
@@ -521,7 +590,7 @@ struct Running<'a> {
     runner: &'a mut Runner,
     session: SessionHandle,
     plan: Plan,
-    process: ProcessHandle,
+    process: Launched,
     lines: mpsc::Receiver<OutputLine>,
     permit: Option<OwnedSemaphorePermit>,
     tail: VecDeque<String>,
@@ -764,6 +833,7 @@ impl Running<'_> {
         {
             let _ = self.on_line(line).await;
         }
+        self.process.clean_up().await;
         let last_lines: Vec<String> = self.tail.iter().cloned().collect();
         match self
             .session
