@@ -233,13 +233,25 @@ impl Daemon {
         panic!("the line never came; saw:\n{}", seen.join("\n"));
     }
 
-    /// Reads lines until one starting with each of `prefixes` has come, in any order.
-    pub fn expect_each(&self, prefixes: &[&str]) {
-        let mut pending: Vec<&str> = prefixes.to_vec();
-        while !pending.is_empty() {
-            let line = self.expect(|line| pending.iter().any(|p| line.starts_with(p)));
-            pending.retain(|prefix| !line.starts_with(prefix));
+    /// Reads lines until one starting with each of `prefixes` has come, in any
+    /// order; returns them in the order of `prefixes`.
+    pub fn expect_each(&self, prefixes: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        while found.iter().any(Option::is_none) {
+            let line = self.expect(|line| {
+                prefixes
+                    .iter()
+                    .zip(&found)
+                    .any(|(prefix, seen)| seen.is_none() && line.starts_with(prefix))
+            });
+            let index = prefixes
+                .iter()
+                .zip(&found)
+                .position(|(prefix, seen)| seen.is_none() && line.starts_with(prefix))
+                .expect("matched above");
+            found[index] = Some(line);
         }
+        found.into_iter().flatten().collect()
     }
 
     pub fn signal(&self, signal: i32) {

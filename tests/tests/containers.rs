@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting};
 use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
-use nanny_tests::{docker_answers, nanny_bin, runtime_image, until};
+use nanny_tests::{call, docker_answers, nanny_bin, port_range_line, runtime_image, until, Daemon};
 
 fn docker(args: &[&str]) -> (bool, String) {
     let output = Command::new("docker").args(args).output().unwrap();
@@ -69,20 +69,23 @@ async fn a_container_backend_lives_restarts_and_leaves_nothing() {
     let models: Vec<&str> = ready.models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(models, ["tiny"], "models through the mapped port");
 
-    // Output reaches the plugin's pipeline and the log like a process's.
-    let lines: Vec<String> = supervisor
-        .logs("boxed")
-        .unwrap()
-        .tail(5)
-        .into_iter()
-        .map(|line| line.text)
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("mock-backend listening on http://0.0.0.0:8000")),
-        "{lines:?}"
-    );
+    // Output reaches the log like a process's (Docker may deliver it after the
+    // probe has already found the server ready).
+    let book = supervisor.logs("boxed").unwrap();
+    let mut feed = book.follow();
+    let listening = |text: &str| text.starts_with("mock-backend listening on http://0.0.0.0:8000");
+    if !book.tail(10).iter().any(|line| listening(&line.text)) {
+        let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(line) = feed.recv().await {
+                if listening(&line.text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(arrived, Ok(true), "the container's output reached the log");
+    }
     let (_, env) = docker(&["inspect", "--format", "{{json .Config.Env}}", &id]);
     assert!(
         env.contains("\"GREETING=hello\"") && env.contains("\"NANNY_SERVICE=boxed\""),
@@ -120,4 +123,146 @@ async fn a_container_backend_lives_restarts_and_leaves_nothing() {
         "stop removes the container"
     );
     supervisor.shutdown().await;
+}
+
+/// A `[services.NAME]` table running the mock backend in a container.
+fn container_service(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+[services.{name}]
+backend = "container"
+{extra}
+[services.{name}.settings]
+image = "{image}"
+command = ["/nanny", "mock-backend", "--host", "{{host}}", "--port", "{{port}}"]
+mounts = ["{bin}:/nanny:ro"]
+"#,
+        image = runtime_image(),
+        bin = nanny_bin().display()
+    )
+}
+
+fn write_config(dir: &std::path::Path, services: &str) -> std::path::PathBuf {
+    let config = dir.join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!("[daemon]\n{}\n{services}", port_range_line()),
+    )
+    .unwrap();
+    config
+}
+
+fn started_at(id: &str) -> String {
+    docker(&["inspect", "--format", "{{.State.StartedAt}}", id]).1
+}
+
+#[test]
+fn a_restarted_nanny_adopts_its_running_container_and_removes_the_rest() {
+    if !docker_answers() {
+        eprintln!("SKIPPED: no Docker engine answers here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port: one picked from port_range might be taken by the container
+    // itself when the next daemon picks again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(
+        dir.path(),
+        &container_service("boxed", &format!("port = {port}")),
+    );
+    let first = Daemon::up(&config, dir.path());
+    first.expect(|line| line.starts_with("[boxed] ready on "));
+    let (_, boxed) = call("GET", &format!("{}/v1/services/boxed", first.url), None);
+    let id = boxed["container_id"].as_str().unwrap().to_string();
+    let (_, info) = call("GET", &format!("{}/v1/info", first.url), None);
+    let instance = info["instance"].as_str().unwrap().to_string();
+    let began = started_at(&id);
+
+    let mut first = first;
+    first.signal(libc::SIGKILL);
+    first.wait();
+    // What a kill between create and start leaves: a container never started.
+    let (created, stray) = docker(&[
+        "create",
+        "--label",
+        &format!("nanny.instance={instance}"),
+        "--label",
+        "nanny.service=boxed",
+        runtime_image(),
+        "/nanny",
+    ]);
+    assert!(created, "docker create");
+
+    let mut second = Daemon::up(&config, dir.path());
+    second.expect(|line| line.starts_with("[boxed] ready on "));
+    let (_, boxed) = call("GET", &format!("{}/v1/services/boxed", second.url), None);
+    assert_eq!(boxed["container_id"].as_str(), Some(id.as_str()), "adopted");
+    assert_eq!(boxed["restarts"], 0);
+    assert_eq!(started_at(&id), began, "not restarted");
+    assert!(
+        !docker(&["inspect", &stray]).0,
+        "the never-started container is gone"
+    );
+
+    second.signal(libc::SIGINT);
+    second.expect(|line| line == "nanny: all services stopped");
+    assert_eq!(second.wait(), Some(0));
+    assert!(!docker(&["inspect", &id]).0, "stopped and removed");
+}
+
+#[test]
+fn an_infrastructure_stack_starts_in_order_and_stops_in_reverse() {
+    if !docker_answers() {
+        eprintln!("SKIPPED: no Docker engine answers here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let services = format!(
+        "{}{}{}",
+        container_service("cache", ""),
+        container_service("broker", ""),
+        container_service("app", "depends_on = [\"cache\", \"broker\"]"),
+    );
+    let config = write_config(dir.path(), &services);
+    let mut daemon = Daemon::up(&config, dir.path());
+    daemon.expect_each(&["[cache] ready on ", "[broker] ready on "]);
+    daemon.expect(|line| line.starts_with("[app] ready on "));
+    let (_, all) = call("GET", &format!("{}/v1/services", daemon.url), None);
+    let ids: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["container_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    daemon.signal(libc::SIGINT);
+    daemon.expect(|line| line.starts_with("[app] stopped"));
+    daemon.expect_each(&["[cache] stopped", "[broker] stopped"]);
+    assert_eq!(daemon.wait(), Some(0));
+    for id in ids {
+        assert!(!docker(&["inspect", &id]).0, "{id} removed");
+    }
+}
+
+#[test]
+fn without_docker_container_services_fail_clearly_and_processes_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = format!(
+        "{}\n[services.plain]\nbackend = \"mock\"\n",
+        container_service("boxed", "")
+    );
+    let config = write_config(dir.path(), &services);
+    let socket = format!("unix://{}", dir.path().join("no-docker.sock").display());
+    let daemon = Daemon::up_with(&config, dir.path(), &[("DOCKER_HOST", socket.as_str())]);
+    let lines = daemon.expect_each(&["[plain] ready on ", "[boxed] failed"]);
+    assert!(
+        lines[1].contains("no Docker engine answers"),
+        "{}",
+        lines[1]
+    );
 }

@@ -45,6 +45,7 @@ pub async fn info(State(api): State<Arc<ApiState>>) -> Json<InfoView> {
         wit_version: crate::plugin::WIT_VERSION.into(),
         uptime_s: api.started.elapsed().as_secs_f64(),
         listen: api.listen.to_string(),
+        instance: api.supervisor.instance().to_string(),
         services: statuses.len() as u32,
         ready: count(|state| *state == ServiceState::Ready),
         failed: count(|state| matches!(state, ServiceState::Failed { .. })),

@@ -232,6 +232,8 @@ pub struct InfoView {
     pub wit_version: String,
     pub uptime_s: f64,
     pub listen: String,
+    /// The `nanny.instance` label on this daemon's containers.
+    pub instance: String,
     pub services: u32,
     pub ready: u32,
     pub failed: u32,

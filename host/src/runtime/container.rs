@@ -128,33 +128,131 @@ pub async fn run(
     let options = CreateContainerOptionsBuilder::new()
         .name(&spec.name)
         .build();
-    let created = docker.create_container(Some(options), body).await?;
-    if let Err(error) = docker
-        .start_container(
+    let created = retry(|| docker.create_container(Some(options.clone()), body.clone())).await?;
+    let started = retry(|| {
+        docker.start_container(
             &created.id,
             None::<bollard::query_parameters::StartContainerOptions>,
         )
-        .await
-    {
+    })
+    .await;
+    if let Err(error) = started {
         remove(docker, &created.id).await;
         return Err(error.into());
     }
+    Ok(attach(docker, created.id, lines, "all"))
+}
+
+/// Takes over a running container another run of this daemon started: its new
+/// output goes to `lines`, its exit is watched. Nothing is restarted.
+pub fn adopt(docker: &Docker, id: String, lines: mpsc::Sender<OutputLine>) -> ContainerHandle {
+    attach(docker, id, lines, "0")
+}
+
+fn attach(
+    docker: &Docker,
+    id: String,
+    lines: mpsc::Sender<OutputLine>,
+    tail: &str,
+) -> ContainerHandle {
     let (exit_in, exit) = watch::channel(None);
-    tokio::spawn(follow_logs(docker.clone(), created.id.clone(), lines));
-    tokio::spawn(wait_for_exit(docker.clone(), created.id.clone(), exit_in));
-    Ok(ContainerHandle {
+    tokio::spawn(follow_logs(
+        docker.clone(),
+        id.clone(),
+        lines,
+        tail.to_string(),
+    ));
+    tokio::spawn(wait_for_exit(docker.clone(), id.clone(), exit_in));
+    ContainerHandle {
         docker: docker.clone(),
-        id: created.id,
+        id,
         exit,
-    })
+    }
+}
+
+/// Docker calls get three tries, 500 ms apart and doubling (at most 30 s):
+/// an engine busy or restarting is not yet a failed service.
+async fn retry<T, F, Fut>(mut call: F) -> Result<T, bollard::errors::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            // A request Docker understood and refused will be refused again.
+            Err(error @ bollard::errors::Error::DockerResponseServerError { status_code, .. })
+                if status_code < 500 =>
+            {
+                return Err(error)
+            }
+            Err(error) if attempt == 3 => return Err(error),
+            Err(error) => {
+                tracing::warn!("Docker call failed (try {attempt} of 3): {error}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// This instance's running containers by service (to adopt), after removing every
+/// other one (created but never started, exited, duplicates).
+pub async fn leftovers(docker: &Docker, instance: &str) -> HashMap<String, (String, String)> {
+    let mut running = HashMap::new();
+    for container in list_instance(docker, instance).await {
+        let Some(id) = container.id else { continue };
+        let labels = container.labels.unwrap_or_default();
+        let service = labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+        let spec = labels.get(LABEL_SPEC).cloned().unwrap_or_default();
+        let is_running =
+            container.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+        if is_running && !running.contains_key(&service) {
+            running.insert(service, (id, spec));
+        } else {
+            remove(docker, &id).await;
+        }
+    }
+    running
+}
+
+async fn list_instance(docker: &Docker, instance: &str) -> Vec<bollard::models::ContainerSummary> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_INSTANCE}={instance}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+}
+
+/// Removes this instance's containers that are not in `keep`; how many went.
+pub async fn remove_unknown(docker: &Docker, instance: &str, keep: &[String]) -> usize {
+    let mut removed = 0;
+    for container in list_instance(docker, instance).await {
+        if let Some(id) = container.id.filter(|id| !keep.contains(id)) {
+            remove(docker, &id).await;
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Splits Docker's log frames into lines, per stream.
-async fn follow_logs(docker: Docker, id: String, lines: mpsc::Sender<OutputLine>) {
+async fn follow_logs(docker: Docker, id: String, lines: mpsc::Sender<OutputLine>, tail: String) {
     let options = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
         .stderr(true)
+        .tail(&tail)
         .build();
     let mut logs = docker.logs(&id, Some(options));
     let mut partial: HashMap<bool, String> = HashMap::new();
@@ -201,7 +299,8 @@ async fn wait_for_exit(docker: Docker, id: String, exit: watch::Sender<Option<Ex
     }));
 }
 
-async fn remove(docker: &Docker, id: &str) {
+/// Removes a container, running or not.
+pub async fn remove(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
     let _ = docker.remove_container(id, Some(options)).await;
 }
@@ -236,28 +335,6 @@ impl ContainerHandle {
     }
 }
 
-/// Every container this instance labelled, for the sweep at start-up.
-pub async fn remove_all_of(docker: &Docker, instance: &str) -> usize {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_INSTANCE}={instance}")],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let found = docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default();
-    for container in &found {
-        if let Some(id) = &container.id {
-            remove(docker, id).await;
-        }
-    }
-    found.len()
-}
-
 /// A short hash of what the container is made from.
 pub fn spec_hash(spec: &ContainerSpec) -> String {
     use sha2::{Digest, Sha256};
@@ -265,10 +342,10 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
         "{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}",
         spec.image,
         spec.command,
-        // The ready token changes with every launch; the container does not.
+        // The ready callback changes with every daemon and launch; the container does not.
         spec.env
             .iter()
-            .filter(|(key, _)| key != "NANNY_READY_TOKEN")
+            .filter(|(key, _)| key != "NANNY_READY_TOKEN" && key != "NANNY_READY_URL")
             .collect::<Vec<_>>(),
         spec.host,
         spec.host_port,

@@ -78,6 +78,7 @@ pub struct Supervisor {
     /// What each service asks of the GPUs.
     gpu_requests: BTreeMap<String, GpuRequest>,
     gpus: Option<Arc<GpuBroker>>,
+    instance: String,
     events: broadcast::Sender<StateChange>,
     /// Subscribed before any task ran, so the first reader misses nothing.
     first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
@@ -142,6 +143,8 @@ impl Supervisor {
             gpus: options.gpus.clone(),
             instance: options.instance.clone(),
             docker: Arc::default(),
+            adoptable: Arc::default(),
+            live_containers: Arc::default(),
         };
         let mut specs = specs;
         for spec in &mut specs {
@@ -213,6 +216,7 @@ impl Supervisor {
             graph,
             gpu_requests,
             gpus: options.gpus,
+            instance: options.instance,
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
             shutting_down: AtomicBool::new(false),
@@ -303,6 +307,11 @@ impl Supervisor {
         broker
             .check(name, request)
             .map_err(SuperviseError::GpuConflict)
+    }
+
+    /// The `nanny.instance` label of this supervisor's containers.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The GPUs, their leases and their memory, when the supervisor leases GPUs.

@@ -20,7 +20,9 @@ use crate::plugin::{
     SessionHandle,
 };
 use crate::runtime::cgroup::Cgroup;
+use crate::runtime::container;
 use crate::runtime::{spawn, ContainerSpec, Exit, Launched, OutputLine, ProcessSpec, Stream};
+use std::collections::HashMap;
 
 /// Lines handed to the plugin's `on-exit`.
 const EXIT_LINES: usize = 50;
@@ -157,7 +159,14 @@ pub(super) struct Shared {
     /// The Docker engine, connected (and swept of this instance's leftovers) on
     /// the first container launch.
     pub docker: Arc<tokio::sync::OnceCell<Result<bollard::Docker, String>>>,
+    /// Running containers an earlier run of this daemon left, by service: (id, spec hash).
+    pub adoptable: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
+    /// The containers of the launches running now.
+    pub live_containers: Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// How often containers of this instance that nothing runs are removed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
 impl Shared {
     pub async fn docker(&self) -> Result<bollard::Docker, String> {
@@ -166,11 +175,9 @@ impl Shared {
                 let docker = crate::runtime::container::connect()
                     .await
                     .map_err(|error| error.to_string())?;
-                let removed =
-                    crate::runtime::container::remove_all_of(&docker, &self.instance).await;
-                if removed > 0 {
-                    tracing::info!("removed {removed} container(s) an earlier run left");
-                }
+                let running = container::leftovers(&docker, &self.instance).await;
+                *lock(&self.adoptable) = running;
+                tokio::spawn(reconcile(self.clone(), docker.clone()));
                 Ok(docker)
             })
             .await
@@ -227,11 +234,18 @@ impl Runner {
     }
 
     fn set(&self, state: State) {
+        self.set_with(state, |_| {});
+    }
+
+    /// `set`, with `also` applied in the same update, so nobody sees one without
+    /// the other.
+    fn set_with(&self, state: State, also: impl FnOnce(&mut ServiceStatus)) {
         let mut change = None;
         self.status.send_if_modified(|status| {
             if status.state == state {
                 return false;
             }
+            also(status);
             tracing::info!(service = %status.name, "{} → {}", status.state.name(), state.name());
             status.since_unix_ms = unix_ms(SystemTime::now());
             change = Some(StateChange {
@@ -330,10 +344,10 @@ impl Runner {
             return Some(false);
         }
         let delay = self.backoff.next_delay();
-        self.status.send_modify(|status| status.restarts += 1);
-        self.set(State::Backoff {
+        let backoff = State::Backoff {
             next_try_unix_ms: unix_ms(SystemTime::now() + delay),
-        });
+        };
+        self.set_with(backoff, |status| status.restarts += 1);
         let wake = tokio::time::sleep(delay);
         tokio::pin!(wake);
         loop {
@@ -478,11 +492,15 @@ impl Runner {
             launched_at: Instant::now(),
         };
         let outcome = launch.watch().await;
+        let mut ended = None;
         self.status.send_modify(|status| {
             status.pid = None;
-            status.container_id = None;
+            ended = status.container_id.take();
             status.models.clear();
         });
+        if let Some(id) = ended {
+            lock(&self.shared.live_containers).retain(|live| *live != id);
+        }
         outcome
     }
 
@@ -537,11 +555,15 @@ impl Runner {
                     .map(Launched::Process)
                     .map_err(|error| format!("cannot start `{}`: {error}", process.program))
             }
-            Launch::Container(container) => {
+            Launch::Container(plan) => {
+                let container = plan;
                 let docker = self.shared.docker().await?;
                 let instance = &self.shared.instance;
                 let mut spec = ContainerSpec {
-                    name: format!("nanny-{instance}-{name}-{}", self.launches),
+                    name: format!(
+                        "nanny-{instance}-{name}-{}",
+                        &crate::secrets::random_token()[..8]
+                    ),
                     service: name.clone(),
                     instance: instance.clone(),
                     image: container.image.clone(),
@@ -559,13 +581,26 @@ impl Runner {
                     gpus: self.status.borrow().gpus.clone(),
                     spec_hash: String::new(),
                 };
-                spec.spec_hash = crate::runtime::container::spec_hash(&spec);
-                crate::runtime::container::run(&docker, &spec, lines)
-                    .await
-                    .map(Launched::Container)
-                    .map_err(|error| {
-                        format!("cannot start a container of `{}`: {error}", container.image)
-                    })
+                spec.spec_hash = container::spec_hash(&spec);
+                let earlier = lock(&self.shared.adoptable).remove(&name);
+                let handle = match earlier {
+                    Some((id, hash)) if hash == spec.spec_hash => {
+                        tracing::info!(service = %name, "adopting container {id}, left running by an earlier nanny");
+                        Ok(container::adopt(&docker, id, lines))
+                    }
+                    Some((id, _)) => {
+                        // Made from another spec: the configuration changed since.
+                        container::remove(&docker, &id).await;
+                        container::run(&docker, &spec, lines).await
+                    }
+                    None => container::run(&docker, &spec, lines).await,
+                };
+                if let Ok(handle) = &handle {
+                    lock(&self.shared.live_containers).push(handle.id.clone());
+                }
+                handle.map(Launched::Container).map_err(|error| {
+                    format!("cannot start a container of `{}`: {error}", container.image)
+                })
             }
         }
     }
@@ -861,5 +896,25 @@ impl Running<'_> {
             tracing::error!(service = %self.runner.spec.service.name, "stopping: {error}");
         }
         outcome
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every five minutes: this instance's containers that no launch runs and nobody
+/// is about to adopt are removed.
+async fn reconcile(shared: Shared, docker: bollard::Docker) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let mut keep = lock(&shared.live_containers).clone();
+        keep.extend(lock(&shared.adoptable).values().map(|(id, _)| id.clone()));
+        let removed = container::remove_unknown(&docker, &shared.instance, &keep).await;
+        if removed > 0 {
+            tracing::info!("removed {removed} container(s) nothing runs");
+        }
     }
 }
