@@ -51,6 +51,20 @@ fn mock_in_a_container(name: &str) -> ServiceSpec {
     spec
 }
 
+/// Removes an instance's containers when a test ends, passing or not: a failed
+/// assertion must not leave containers running.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let label = format!("label=nanny.instance={}", self.0);
+        let (_, ids) = docker(&["ps", "-aq", "--filter", &label]);
+        for id in ids.split_whitespace() {
+            docker(&["rm", "-f", id]);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_backend_lives_restarts_and_leaves_nothing() {
     if !docker_answers() {
@@ -62,6 +76,7 @@ async fn a_container_backend_lives_restarts_and_leaves_nothing() {
         SupervisorOptions::in_memory(1),
     )
     .unwrap();
+    let _cleanup = RemoveOnDrop(supervisor.instance().to_string());
     let mut status = supervisor.watch("boxed").unwrap();
     let ready = until(&mut status, "ready", |s| s.state == State::Ready).await;
     let id = ready.container_id.clone().expect("a container id");
@@ -180,6 +195,7 @@ fn a_restarted_nanny_adopts_its_running_container_and_removes_the_rest() {
     let id = boxed["container_id"].as_str().unwrap().to_string();
     let (_, info) = call("GET", &format!("{}/v1/info", first.url), None);
     let instance = info["instance"].as_str().unwrap().to_string();
+    let _cleanup = RemoveOnDrop(instance.clone());
     let began = started_at(&id);
 
     let mut first = first;
@@ -229,6 +245,8 @@ fn an_infrastructure_stack_starts_in_order_and_stops_in_reverse() {
     );
     let config = write_config(dir.path(), &services);
     let mut daemon = Daemon::up(&config, dir.path());
+    let (_, info) = call("GET", &format!("{}/v1/info", daemon.url), None);
+    let _cleanup = RemoveOnDrop(info["instance"].as_str().unwrap().to_string());
     daemon.expect_each(&["[cache] ready on ", "[broker] ready on "]);
     daemon.expect(|line| line.starts_with("[app] ready on "));
     let (_, all) = call("GET", &format!("{}/v1/services", daemon.url), None);
