@@ -4,8 +4,9 @@
 use nanny_tests::{hello_wasm, nanny, plugin_dir, plugin_wasm};
 use serde_json::Value;
 
-const BUILTINS: [&str; 6] = [
+const BUILTINS: [&str; 7] = [
     "command",
+    "container",
     "infinilm",
     "infinilm-rust",
     "llama-cpp",
@@ -22,7 +23,7 @@ fn list_json(plugin_dirs: &[&std::path::Path]) -> (Vec<Value>, String) {
 }
 
 #[test]
-fn lists_the_six_builtins_with_their_wit_version() {
+fn lists_the_builtins_with_their_wit_version() {
     let (plugins, stderr) = list_json(&[]);
     let names: Vec<&str> = plugins
         .iter()

@@ -74,6 +74,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             log_dir: Some(config.daemon.state_dir.join("logs")),
             ready_url: Some(format!("http://{}", reachable(bound))),
             instance: instance_of(&config.daemon.state_dir),
+            containers_at_start: true,
             gpus: Some(Arc::new(GpuBroker::new(
                 Inventory::discover(&config.declared_gpus),
                 Some(config.daemon.state_dir.join("gpu-leases.json")),

@@ -45,6 +45,9 @@ pub struct SupervisorOptions {
     /// Names this daemon's containers (`nanny.instance`); stable across restarts
     /// of the same daemon so leftovers can be found.
     pub instance: String,
+    /// Reconcile this instance's containers at launch (the daemon does), rather
+    /// than on the first container launch.
+    pub containers_at_start: bool,
 }
 
 impl SupervisorOptions {
@@ -58,6 +61,7 @@ impl SupervisorOptions {
             ready_url: None,
             gpus: None,
             instance: format!("mem{}", std::process::id()),
+            containers_at_start: false,
         }
     }
 }
@@ -154,6 +158,10 @@ impl Supervisor {
             .iter()
             .map(|spec| (spec.service.name.clone(), spec.gpu.clone()))
             .collect();
+        if options.containers_at_start {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.docker().await });
+        }
         let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
             .map(|spec| {

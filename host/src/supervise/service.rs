@@ -156,9 +156,9 @@ pub(super) struct Shared {
     pub gpus: Option<Arc<GpuBroker>>,
     /// Names this daemon's containers apart from other daemons'.
     pub instance: String,
-    /// The Docker engine, connected (and swept of this instance's leftovers) on
-    /// the first container launch.
-    pub docker: Arc<tokio::sync::OnceCell<Result<bollard::Docker, String>>>,
+    /// The Docker engine, connected (and swept of this instance's leftovers) at
+    /// start-up when it answers, else on the first container launch.
+    pub docker: Arc<tokio::sync::OnceCell<bollard::Docker>>,
     /// Running containers an earlier run of this daemon left, by service: (id, spec hash).
     pub adoptable: Arc<std::sync::Mutex<HashMap<String, (String, String)>>>,
     /// The containers of the launches running now.
@@ -170,18 +170,19 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(300);
 
 impl Shared {
     pub async fn docker(&self) -> Result<bollard::Docker, String> {
+        // An engine that is not there now may be later: failures are not kept.
         self.docker
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 let docker = crate::runtime::container::connect()
                     .await
                     .map_err(|error| error.to_string())?;
                 let running = container::leftovers(&docker, &self.instance).await;
                 *lock(&self.adoptable) = running;
                 tokio::spawn(reconcile(self.clone(), docker.clone()));
-                Ok(docker)
+                Ok::<_, String>(docker)
             })
             .await
-            .clone()
+            .cloned()
     }
 }
 
