@@ -173,6 +173,17 @@ pub fn process_plan(service: &Service, program: &str, mut args: Vec<String>) -> 
     }
 }
 
+/// Probes `health_path` for readiness and, every 10 s once ready, for liveness;
+/// `""` means the backend serves no health path (readiness must come from output).
+pub fn probe_health(plan: &mut Plan, health_path: String) {
+    plan.liveness = (!health_path.is_empty()).then(|| Probe {
+        path: health_path.clone(),
+        period_ms: 10_000,
+        timeout_ms: plan.readiness.timeout_ms,
+    });
+    plan.readiness.path = health_path;
+}
+
 /// A setting description, for [`Backend::settings`].
 pub fn setting(key: &str, help: &str, default: Option<Value>, required: bool) -> SettingSpec {
     SettingSpec {

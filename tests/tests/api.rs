@@ -424,11 +424,7 @@ fn the_cli_verbs_talk_to_the_daemon() {
 #[test]
 fn without_a_daemon_the_cli_says_where_it_looked() {
     // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nanny_tests::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let (code, stdout, stderr) = cli(&url, &["ps"]);
     assert_eq!(code, Some(3));

@@ -20,11 +20,7 @@ fn docker(args: &[&str]) -> (bool, String) {
 fn mock_in_a_container(name: &str) -> ServiceSpec {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
     let catalog = Catalog::load(&engine, &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nanny_tests::free_port();
     let mount = format!("{}:/nanny:ro", nanny_bin().display());
     let settings = vec![
         Setting::text("image", runtime_image()),
@@ -180,11 +176,7 @@ fn a_restarted_nanny_adopts_its_running_container_and_removes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     // A fixed port: one picked from port_range might be taken by the container
     // itself when the next daemon picks again.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nanny_tests::free_port();
     let config = write_config(
         dir.path(),
         &container_service("boxed", &format!("port = {port}")),

@@ -51,11 +51,7 @@ fn llama_cpp() -> &'static LlamaCpp {
 fn spec(name: &str, model: &str) -> ServiceSpec {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
     let catalog = Catalog::load(&engine, &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nanny_tests::free_port();
     let text = |key: &str, value: &str| Setting {
         key: key.into(),
         value: Value::Text(value.into()),

@@ -11,7 +11,7 @@ use nanny::supervise::{
     SuperviseError, Supervisor, SupervisorOptions,
 };
 use nanny_tests::nanny_bin;
-use nanny_tests::{is_running, until};
+use nanny_tests::{free_port, is_running, until};
 
 fn catalog() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
@@ -23,14 +23,6 @@ fn plugin(name: &str) -> Arc<Plugin> {
         .get(name)
         .unwrap_or_else(|| panic!("builtin {name}"))
         .clone()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn list(items: &[&str]) -> Value {

@@ -67,14 +67,7 @@ impl Backend for Command {
         let program = words.next().unwrap_or_default();
         let mut plan = process_plan(service, &program, words.collect());
         // An empty readiness path tells nanny not to probe at all.
-        plan.readiness.path = health_path.clone();
-        plan.liveness = (!health_path.is_empty()).then_some(Probe {
-            path: health_path,
-            ..plan.readiness.clone()
-        });
-        if let Some(liveness) = plan.liveness.as_mut() {
-            liveness.period_ms = 10_000;
-        }
+        probe_health(&mut plan, health_path);
         plan.models_path = models_path;
         Ok(plan)
     }

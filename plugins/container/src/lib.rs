@@ -96,12 +96,7 @@ impl Backend for ContainerBackend {
             mounts,
             shm_size_mib,
         });
-        plan.readiness.path = health_path.clone();
-        plan.liveness = (!health_path.is_empty()).then_some(Probe {
-            path: health_path,
-            period_ms: 10_000,
-            timeout_ms: 1_000,
-        });
+        probe_health(&mut plan, health_path);
         plan.models_path = models_path;
         Ok(plan)
     }
