@@ -56,6 +56,7 @@ fn main() {
                 listen: address,
             },
             closing: closed,
+            ready_calls: api::RateLimit::default(),
         });
         tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
         (address, supervisor, closing)

@@ -8,7 +8,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod gpu;
+pub mod locks;
 pub mod metrics;
 pub mod mock_backend;
 pub mod names;

@@ -7,7 +7,6 @@ set -euo pipefail
 
 version=0.3.36
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-${version}.tar.gz"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${NANNY_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nanny-tests}/llama-cpp-${version}"
@@ -31,9 +30,12 @@ if [[ ! -x "$server" ]]; then
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   log "downloading llama-cpp-python ${version}"
-  curl -sSfL --retry 3 -o "$work/sdist.tar.gz" "$url"
-  echo "$sha256  $work/sdist.tar.gz" | sha256sum -c --quiet -
-  tar -xzf "$work/sdist.tar.gz" -C "$work"
+  # pip fetches the sdist from the package index by name (wheels only for the
+  # build tools it prepares the metadata with); the digest pins it.
+  "$cache/venv/bin/pip" download --quiet --no-binary llama-cpp-python --no-deps \
+    --dest "$work" "llama-cpp-python==${version}" >&2
+  echo "$sha256  $work/llama_cpp_python-${version}.tar.gz" | sha256sum -c --quiet -
+  tar -xzf "$work/llama_cpp_python-${version}.tar.gz" -C "$work"
   src="$work/llama_cpp_python-${version}/vendor/llama.cpp"
   log "building llama-server (a few minutes)"
   "$cache/venv/bin/cmake" -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \

@@ -192,9 +192,15 @@ impl Daemon {
 
     /// As `up`, with extra environment (`NANNY_LISTEN` here beats the free port).
     pub fn up_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(nanny_bin())
-            .args(["up"])
-            .arg(config)
+        let mut command = Command::new(nanny_bin());
+        command.args(["up"]).arg(config);
+        Self::spawn(command, state, env)
+    }
+
+    /// `command` (which runs `nanny up`, perhaps through a shell) as the daemon,
+    /// with the state directory, a free port and `env` set for it.
+    pub fn spawn(mut command: Command, state: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = command
             .env("NANNY_STATE_DIR", state)
             .env("NANNY_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
@@ -309,7 +315,7 @@ pub fn call(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
             request.call()
         }
         _ => {
-            let mut request = agent.post(url);
+            let mut request = agent.post(url).header("X-Nanny-Client", "tests");
             if let Some(value) = &authorization {
                 request = request.header("Authorization", value);
             }

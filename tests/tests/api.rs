@@ -347,10 +347,20 @@ settings = {{ health_path = "", command = ["sh", "-c", "echo \"$NANNY_READY_URL 
     assert_eq!(quiet["state"], "starting");
     let (status, _) = call("POST", url, None);
     assert_eq!(status, 401);
+    // An unknown service answers as a wrong token does: nothing to enumerate.
+    let unknown = format!("{}/v1/services/nobody/ready", daemon.url);
+    let (status, unknown_body) = call("POST", &unknown, Some("not-the-token"));
+    assert_eq!(status, 403);
+    assert_eq!(unknown_body, body);
     let (status, _) = call("POST", url, Some(token));
     assert_eq!(status, 204);
     let (_, quiet) = get(&daemon, "/v1/services/quiet");
     assert_eq!(quiet["state"], "ready");
+    // A flood of callbacks is cut off: each would otherwise queue a command.
+    let statuses: Vec<u16> = (0..200)
+        .map(|_| call("POST", &unknown, Some("guess")).0)
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
 }
 
 /// `nanny ARGS --url URL`: success, stdout, stderr.
@@ -380,8 +390,14 @@ fn the_cli_verbs_talk_to_the_daemon() {
     let header: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS"]
+        ["NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS", "REASON"]
     );
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|row| row.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["chat", "embeddings"], "sorted by name");
     let chat: Vec<&str> = rows
         .find(|row| row.starts_with("chat "))
         .unwrap()

@@ -169,7 +169,7 @@ fn config_show_resolves_ports_and_defaults() {
 }
 
 #[test]
-fn restart_counts_and_the_last_failure_survive_a_daemon_restart() {
+fn the_restart_total_and_the_last_failure_survive_a_daemon_restart() {
     let dir = tempfile::tempdir().unwrap();
     let launches = dir.path().join("launches");
     let config = dir.path().join("nanny.toml");
@@ -182,7 +182,7 @@ fn restart_counts_and_the_last_failure_survive_a_daemon_restart() {
         ),
     )
     .unwrap();
-    let give_up = "[crashy] failed: gave up after 3 restarts; last: exited with exit code 3";
+    let give_up = "[crashy] failed: gave up after 3 restarts in a row (none stayed ready for 600s); last: exited with exit code 3";
     let first = Daemon::up(&config, dir.path());
     first.expect(|line| line == give_up);
     first.signal(libc::SIGINT);
@@ -197,11 +197,97 @@ fn restart_counts_and_the_last_failure_survive_a_daemon_restart() {
         serde_json::from_slice(&std::fs::read(dir.path().join("services.json")).unwrap()).unwrap();
     assert_eq!(remembered["crashy"]["restarts"], 3);
 
+    // A new daemon is a new start, as after `systemctl restart`: a fresh window
+    // of three restarts, while the lifetime total keeps counting.
     let second = Daemon::up(&config, dir.path());
     second.expect(|line| line == give_up);
     assert_eq!(
         std::fs::read_to_string(&launches).unwrap().lines().count(),
-        5,
-        "the new daemon remembered: one launch, no new restarts"
+        8,
+        "a fresh window: one launch and three restarts more"
+    );
+    let (_, crashy) = nanny_tests::call("GET", &format!("{}/v1/services/crashy", second.url), None);
+    assert_eq!(crashy["restarts"], 6, "the lifetime total survived");
+}
+
+#[test]
+fn nanny_run_supervises_one_backend_from_flags_alone() {
+    let state = tempfile::tempdir().unwrap();
+    let port = nanny_tests::free_port();
+    let mut command = std::process::Command::new(nanny_tests::nanny_bin());
+    command.args([
+        "run",
+        "mock",
+        "--name",
+        "solo",
+        "--port",
+        &port.to_string(),
+        "--set",
+        r#"models=["tiny-solo"]"#,
+    ]);
+    let daemon = Daemon::spawn(command, state.path(), &[]);
+    daemon.expect(|line| line == format!("[solo] ready on {port}"));
+    let (_, models) = nanny_tests::call("GET", &format!("{}/v1/models", daemon.url), None);
+    assert_eq!(models["data"][0]["id"], "tiny-solo");
+}
+
+#[test]
+fn up_without_a_file_says_what_to_pass() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("nanny.toml");
+    let (ok, _, stderr) = nanny(&["up", missing.to_str().unwrap()], &[], state.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("examples/quickstart.toml") && stderr.contains("nanny run BACKEND"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_check_finds_what_only_a_launch_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let free = nanny_tests::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[services.llm]\nbackend = \"llama-cpp\"\nport = {free}\n\n\
+             [services.twin]\nbackend = \"mock\"\nport = {free}\n\n\
+             [services.squatted]\nbackend = \"mock\"\nport = {taken}\n"
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:5: `services.twin.port`: port {free} is `llm`'s already"
+        )),
+        "{stderr}"
+    );
+    // Fixed, the plugin's own refusal and the foreign listener come out, all of them.
+    std::fs::write(
+        &config,
+        format!(
+            "[services.llm]\nbackend = \"llama-cpp\"\nport = {free}\n\n\
+             [services.squatted]\nbackend = \"mock\"\nport = {taken}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("`services.llm.model`: llama-server needs a model"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "`services.squatted.port`: port {taken} is in use by pid {}",
+            std::process::id()
+        )),
+        "{stderr}"
     );
 }

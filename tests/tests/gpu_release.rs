@@ -55,7 +55,61 @@ async fn leftover_gpu_processes_are_killed_and_a_restarted_daemon_honours_the_ch
     }
     let checkpoint = dir.path().join("gpu-leases.json");
     escapees_are_killed_after_a_stop(dir.path(), &checkpoint).await;
+    a_crash_with_a_lingering_child_restarts_on_its_own_gpu(dir.path()).await;
     a_restarted_broker_keeps_devices_of_live_services_blocked(dir.path(), &checkpoint);
+}
+
+/// The first launch leaves a setsid child holding GPU memory and crashes; the
+/// release check of that launch must end before the restart asks for the GPU
+/// (else the service conflicts with itself and fails), and kill only that
+/// launch's leftovers.
+async fn a_crash_with_a_lingering_child_restarts_on_its_own_gpu(dir: &Path) {
+    let broker = Arc::new(GpuBroker::new(Inventory::discover(&[]), None));
+    let catalog = Catalog::load(&PluginEngine::new(Limits::default(), None).unwrap(), &[]);
+    let script = format!(
+        r#"cd {dir}
+if [ -e crashed-once ]; then echo READY; exec sleep 1000; fi
+touch crashed-once
+setsid sleep 1000 & echo "$!, 2048" > apps-alive.csv
+echo READY; sleep 0.3; exit 1"#,
+        dir = dir.display()
+    );
+    let settings = vec![
+        Setting::list("command", &["sh", "-c", &script]),
+        Setting::text("ready_line", "^READY"),
+        Setting::text("health_path", ""),
+    ];
+    let mut spec = ServiceSpec::new(
+        Service::local("crashy", 1, settings),
+        catalog.get("command").unwrap().clone(),
+    );
+    spec.gpu = gpu_zero();
+    let options = SupervisorOptions {
+        gpus: Some(broker.clone()),
+        ..SupervisorOptions::in_memory(1)
+    };
+    let supervisor = Supervisor::launch(vec![spec], options).unwrap();
+    let mut status = supervisor.watch("crashy").unwrap();
+    let settled = until(&mut status, "ready after a restart, or failed", |s| {
+        (s.state == State::Ready && s.restarts == 1) || matches!(s.state, State::Failed { .. })
+    })
+    .await;
+    assert_eq!(settled.state, State::Ready, "{settled:?}");
+    assert_eq!(settled.gpus, ["GPU-fake-0"]);
+    let lingering: Vec<i32> = std::fs::read_to_string(dir.join("apps-alive.csv"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split(',').next()?.trim().parse().ok())
+        .collect();
+    assert!(
+        lingering.iter().all(|pid| !is_running(*pid)),
+        "{lingering:?}"
+    );
+    assert!(
+        is_running(settled.pid.unwrap()),
+        "the new launch lives on: only the old launch's leftovers were killed"
+    );
+    supervisor.shutdown().await;
 }
 
 async fn escapees_are_killed_after_a_stop(dir: &Path, checkpoint: &Path) {

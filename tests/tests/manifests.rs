@@ -166,3 +166,32 @@ fn a_missing_services_dir_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn template_and_hidden_folders_hold_no_service() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("nanny.toml"), MAIN);
+    write(
+        &dir.path().join("services/chat/service.toml"),
+        "backend = \"mock\"\n",
+    );
+    // A template people copy from, with keys a real service would reject.
+    write(
+        &dir.path().join("services/_template/service.toml"),
+        "backend = \"no-such-backend\"\nport = \"not a port\"\n",
+    );
+    write(
+        &dir.path().join("services/.hidden/service.yaml"),
+        "backend: mock\n",
+    );
+    let (ok, stdout, stderr) = config(dir.path(), &["show", "--json"]);
+    assert!(ok, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = shown["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "chat"]);
+}

@@ -35,7 +35,7 @@ fn test_cgroup(name: &str) -> Option<Cgroup> {
 async fn a_tree_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let (sender, mut lines) = mpsc::channel(16);
     let script = r#"trap "" TERM; sleep 1000 & echo "child $!"; while true; do sleep 1; done"#;
-    let mut process = spawn(&shell(script), None, sender).unwrap();
+    let mut process = spawn(&shell(script), None, sender.into()).unwrap();
     let child: i32 = next_line(&mut lines)
         .await
         .text
@@ -67,7 +67,7 @@ async fn a_polite_backend_stops_on_its_signal() {
     let mut process = spawn(
         &shell(r#"trap "echo bye; exit 0" TERM; echo up; while true; do sleep 0.05; done"#),
         None,
-        sender,
+        sender.into(),
     )
     .unwrap();
     assert_eq!(next_line(&mut lines).await.text, "up");
@@ -91,7 +91,7 @@ async fn a_polite_backend_stops_on_its_signal() {
 async fn output_arrives_as_tagged_lines_and_long_lines_are_cut() {
     let (sender, mut lines) = mpsc::channel(16);
     let script = "echo one; echo two >&2; head -c 100000 /dev/zero | tr '\\0' x; echo; echo three";
-    let mut process = spawn(&shell(script), None, sender).unwrap();
+    let mut process = spawn(&shell(script), None, sender.into()).unwrap();
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     while let Some(line) = lines.recv().await {
@@ -119,7 +119,7 @@ async fn a_setsid_grandchild_is_caught_by_the_cgroup() {
     let path = cgroup.path().to_path_buf();
     let (sender, mut lines) = mpsc::channel(16);
     let script = r#"setsid sh -c 'sleep 1000' & echo "escaped $!"; while true; do sleep 1; done"#;
-    let mut process = spawn(&shell(script), Some(cgroup), sender).unwrap();
+    let mut process = spawn(&shell(script), Some(cgroup), sender.into()).unwrap();
     let escaped: i32 = next_line(&mut lines)
         .await
         .text
@@ -142,7 +142,12 @@ async fn a_setsid_grandchild_is_caught_by_the_cgroup() {
 #[tokio::test]
 async fn leftovers_of_a_main_process_that_exits_are_removed() {
     let (sender, mut lines) = mpsc::channel(16);
-    let mut process = spawn(&shell(r#"sleep 1000 & echo "left $!""#), None, sender).unwrap();
+    let mut process = spawn(
+        &shell(r#"sleep 1000 & echo "left $!""#),
+        None,
+        sender.into(),
+    )
+    .unwrap();
     let left: i32 = next_line(&mut lines)
         .await
         .text
@@ -152,4 +157,38 @@ async fn leftovers_of_a_main_process_that_exits_are_removed() {
         .unwrap();
     assert_eq!(process.wait().await.unwrap().code, Some(0));
     assert!(!is_running(left), "the main process's child outlived it");
+}
+
+/// A reader that never reads (a plugin stuck in a slow call) must not stop the
+/// backend: every line is recorded, the reader's copies are dropped and counted,
+/// and the process runs to its end.
+#[tokio::test]
+async fn a_reader_that_falls_behind_never_blocks_the_backend() {
+    let recorded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = recorded.clone();
+    let (sender, _never_read) = mpsc::channel(1);
+    let sink = nanny::runtime::LineSink::new(
+        move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        },
+        sender,
+    );
+    // 20,000 lines of 100 bytes: far more than a pipe and a channel of one hold.
+    let script = "i=0; while [ $i -lt 20000 ]; do printf '%0100d\\n' $i; i=$((i+1)); done";
+    let mut process = spawn(&shell(script), None, sink.clone()).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(120), process.wait())
+        .await
+        .expect("the backend ran to its end instead of blocking on its stdout")
+        .unwrap();
+    assert_eq!(exit.code, Some(0));
+    // The pipe is drained after the exit: wait for the last lines to be recorded.
+    let all_recorded = async {
+        while recorded.load(std::sync::atomic::Ordering::Relaxed) < 20_000 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all_recorded)
+        .await
+        .expect("every line recorded");
+    assert!(sink.dropped() >= 19_000, "dropped {}", sink.dropped());
 }

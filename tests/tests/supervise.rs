@@ -114,7 +114,7 @@ async fn loading_progress_extends_the_start_deadline() {
     })
     .await;
     let ready = until(&mut status, "ready or down", |s| {
-        !matches!(s.state, State::Starting { .. } | State::Waiting)
+        !matches!(s.state, State::Starting { .. } | State::Waiting { .. })
     })
     .await;
     assert_eq!(ready.state, State::Ready, "{ready:?}");
@@ -292,7 +292,7 @@ async fn a_crash_loop_stops_at_max_restarts() {
     .await;
     assert_eq!(failed.restarts, 5);
     assert!(
-        matches!(&failed.state, State::Failed { reason } if reason.contains("gave up after 5 restarts; last: exited with exit code 2")),
+        matches!(&failed.state, State::Failed { reason } if reason.contains("gave up after 5 restarts in a row (none stayed ready for 600s); last: exited with exit code 2")),
         "{failed:?}"
     );
     supervisor.shutdown().await;

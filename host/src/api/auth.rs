@@ -1,11 +1,12 @@
 //! Who may talk to the daemon: a Host header naming this machine when it listens
-//! on loopback (DNS rebinding), and the bearer token once there is one.
+//! on loopback (DNS rebinding), no state change from another site's page (CSRF),
+//! and the bearer token once there is one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -52,19 +53,93 @@ fn is_local_host(host: &str) -> bool {
     matches!(name, "localhost" | "127.0.0.1" | "::1") || name.ends_with(".localhost")
 }
 
+/// On a loopback daemon, why the request's Host does not prove a local caller.
+/// Fails closed: no Host on HTTP/1.1, two of them, one that is not text, or an
+/// absolute-form target naming elsewhere.
+fn foreign_host(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Some("two Host headers".into()),
+        (Some(host), None) => match host.to_str() {
+            Ok(host) => Some(host),
+            Err(_) => return Some("a Host header that is not ASCII".into()),
+        },
+        // HTTP/1.0 clients may leave Host out; browsers never do.
+        (None, None) if request.version() <= Version::HTTP_10 => None,
+        (None, _) => return Some("no Host header".into()),
+    };
+    if let Some(host) = host.filter(|host| !is_local_host(host)) {
+        return Some(format!(
+            "Host `{}` is not this machine",
+            host.escape_default()
+        ));
+    }
+    let authority = request.uri().authority().map(|a| a.as_str());
+    if let Some(authority) = authority.filter(|authority| !is_local_host(authority)) {
+        return Some(format!("the target names `{authority}`, not this machine"));
+    }
+    None
+}
+
+/// Why a request that changes something could have come from a web page on
+/// another site (cross-site request forgery): refused, since a page may send a
+/// "simple" POST anywhere without asking. A request passes when it is
+/// same-origin and non-simple, so a browser would have had to preflight it, and
+/// nanny answers no preflight.
+fn cross_site(request: &Request) -> Option<(StatusCode, String)> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return None;
+    }
+    let headers = request.headers();
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(site @ ("cross-site" | "same-site")) = text("sec-fetch-site") {
+        let message = format!("a {site} browser request may not change anything here");
+        return Some((StatusCode::FORBIDDEN, message));
+    }
+    if let Some(origin) = text(header::ORIGIN.as_str()) {
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if origin_host.is_none() || origin_host != text(header::HOST.as_str()) {
+            let message = format!(
+                "requests from the page at `{}` may not change anything here",
+                origin.escape_default()
+            );
+            return Some((StatusCode::FORBIDDEN, message));
+        }
+    }
+    let json = text(header::CONTENT_TYPE.as_str())
+        .is_some_and(|kind| kind.trim_start().starts_with("application/json"));
+    let non_simple =
+        json || headers.contains_key(header::AUTHORIZATION) || headers.contains_key(CLIENT_HEADER);
+    if !non_simple {
+        let message = format!(
+            "{} needs `Content-Type: application/json`, `Authorization` or an `{CLIENT_HEADER}` header, which a web page cannot send unasked",
+            request.method()
+        );
+        return Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
+    }
+    None
+}
+
+/// What nanny's own clients send on every POST, so that a browser would need a
+/// preflight to send it too.
+pub const CLIENT_HEADER: &str = "x-nanny-client";
+
 pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let access = &api.access;
     if access.listen.ip().is_loopback() {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok());
-        // HTTP/1.0 clients may leave Host out; browsers never do.
-        if let Some(host) = host.filter(|host| !is_local_host(host)) {
-            let message =
-                format!("Host `{host}` is not this machine; nanny answers to localhost only");
+        if let Some(problem) = foreign_host(&request) {
+            let message = format!("{problem}; nanny answers to localhost only");
             return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
         }
+    }
+    if let Some((status, message)) = cross_site(&request) {
+        return ApiError::new(status, message).into_response();
     }
     let path = request.uri().path();
     // /health is open; a ready callback carries its own per-launch token.

@@ -18,7 +18,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable word for programs: `not_found`, `bad_request`, `unauthorized`,
-    /// `forbidden`, `conflict`, `shutting_down`, …
+    /// `forbidden`, `conflict`, `dependency_failed`, `shutting_down`, …
     pub code: String,
     /// A sentence for people.
     pub message: String,
@@ -59,6 +59,10 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::SERVICE_UNAVAILABLE => "shutting_down",
+        StatusCode::FAILED_DEPENDENCY => "dependency_failed",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
         status if status.is_client_error() => "bad_request",
         _ => "internal",
     }

@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod serve;
 mod services;
 mod streams;
 mod system;
@@ -18,9 +19,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-pub use auth::Access;
+pub use auth::{Access, CLIENT_HEADER};
 pub use error::{ApiError, ErrorBody};
 pub use openapi::ApiDoc;
+pub use serve::{serve, ConnectionLimits};
 
 use crate::plugin::PluginInfo;
 use crate::supervise::Supervisor;
@@ -37,6 +39,48 @@ pub struct ApiState {
     pub access: Access,
     /// Turns true when the daemon shuts down: event streams end then.
     pub closing: watch::Receiver<bool>,
+    /// The ready callback needs no daemon token: it is rate-limited instead.
+    pub ready_calls: RateLimit,
+}
+
+/// A token bucket: `burst` calls at once, `per_second` more each second.
+pub struct RateLimit {
+    burst: f64,
+    per_second: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    pub fn new(burst: u32, per_second: u32) -> Self {
+        Self {
+            burst: f64::from(burst),
+            per_second: f64::from(per_second),
+            state: std::sync::Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Whether one more call may go through now.
+    pub fn allow(&self) -> bool {
+        let mut state = crate::supervise::lock(&self.state);
+        let (tokens, refilled) = &mut *state;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*refilled).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *refilled = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for RateLimit {
+    /// The ready callback's: a backend calls it once per launch.
+    fn default() -> Self {
+        Self::new(40, 20)
+    }
 }
 
 /// Every route, behind the auth guard, with errors as JSON.

@@ -94,19 +94,22 @@ enum Target {
 }
 
 /// Waits on the event stream (a watch would coalesce the states in between).
+/// A dependency that fails meanwhile ends the wait with 424, naming it: the
+/// service would otherwise wait for it forever.
 async fn wait_for(
     api: &ApiState,
     events: &mut broadcast::Receiver<StateChange>,
     name: &str,
     target: Target,
-) {
+) -> Result<(), ApiError> {
+    let requirements = api.supervisor.requirements(name);
     let mut relaunched = matches!(target, Target::Up);
     let settled =
         |state: &ServiceState| matches!(state, ServiceState::Ready | ServiceState::Failed { .. });
     if relaunched {
         if let Ok(status) = api.supervisor.watch(name) {
             if status.borrow().state == ServiceState::Ready {
-                return;
+                return Ok(());
             }
         }
     }
@@ -116,8 +119,18 @@ async fn wait_for(
                 if matches!(change.to, ServiceState::Starting { .. }) {
                     relaunched = true;
                 } else if relaunched && settled(&change.to) {
-                    return;
+                    return Ok(());
                 }
+            }
+            Ok(StateChange {
+                service,
+                to: ServiceState::Failed { reason },
+                ..
+            }) if requirements.contains(&service) => {
+                return Err(ApiError::new(
+                    StatusCode::FAILED_DEPENDENCY,
+                    format!("`{name}` is waiting for {service}, which failed: {reason}"),
+                ));
             }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => {
@@ -126,10 +139,10 @@ async fn wait_for(
                     .watch(name)
                     .is_ok_and(|status| settled(&status.borrow().state));
                 if settled_now {
-                    return;
+                    return Ok(());
                 }
             }
-            Err(RecvError::Closed) => return,
+            Err(RecvError::Closed) => return Ok(()),
         }
     }
 }
@@ -139,7 +152,8 @@ async fn wait_for(
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 424, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn start(
     State(api): Api,
     Path(name): Path<String>,
@@ -176,7 +190,8 @@ pub async fn stop(
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 424, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn restart(
     State(api): Api,
     Path(name): Path<String>,
@@ -211,7 +226,7 @@ async fn bring_up(
         Target::Relaunched => api.supervisor.restart(name).await?,
     }
     if query.wait.unwrap_or(false) {
-        wait_for(api, &mut events, name, target).await;
+        wait_for(api, &mut events, name, target).await?;
     }
     Ok(Json(view(api, name)?))
 }
@@ -223,7 +238,7 @@ async fn bring_up(
     security(("ready_token" = [])),
     responses((status = 204, description = "Marked ready"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn ready(
     State(api): Api,
@@ -231,18 +246,26 @@ pub async fn ready(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let name = checked(&name)?;
+    if !api.ready_calls.allow() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ready callbacks; a backend calls once per launch",
+        ));
+    }
     let Some(token) = super::auth::bearer(&headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "send `Authorization: Bearer $NANNY_READY_TOKEN`",
         ));
     };
-    if api.supervisor.mark_ready(name, token).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
+    // An unknown service gets the same answer as a wrong token: the open route
+    // must not tell which services exist.
+    match api.supervisor.mark_ready(name, token).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) | Err(crate::supervise::SuperviseError::UnknownService(_)) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("that is not the ready token of `{name}`'s current launch"),
-        ))
+            "that is not the ready token of a current launch",
+        )),
+        Err(error) => Err(error.into()),
     }
 }

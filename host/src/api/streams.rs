@@ -15,7 +15,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::{ApiError, ErrorBody};
 use super::services::checked;
-use super::views::{EventView, LogLineView, LogTail, LogsQuery, StreamEvent};
+use super::views::{EventView, EventsQuery, LogLineView, LogTail, LogsQuery, StreamEvent};
 use super::ApiState;
 use crate::supervise::LogLine;
 
@@ -90,11 +90,35 @@ pub async fn logs(
     Ok(sse("line", lines).into_response())
 }
 
-/// Every state change of every service, with reasons, as it happens.
+/// Every state change of every service, with reasons, as it happens; first,
+/// with `last` or `since_unix_ms`, the ones the daemon remembers.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(EventsQuery),
     responses((status = 200, description = "An event stream of `state` events",
-        content((StreamEvent = "text/event-stream")))))]
-pub async fn events(State(api): State<Arc<ApiState>>) -> Response {
-    let changes = live(&api, api.supervisor.subscribe()).map(|change| EventView::from(&change));
-    sse("state", changes).into_response()
+        content((StreamEvent = "text/event-stream"))),
+        (status = 400, body = ErrorBody)))]
+pub async fn events(
+    State(api): State<Arc<ApiState>>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    if query.last.is_some_and(|last| last < 0) || query.since_unix_ms.is_some_and(|ms| ms < 0) {
+        return Err(ApiError::bad_request(
+            "`last` and `since_unix_ms` must not be negative",
+        ));
+    }
+    let (mut past, feed) = api.supervisor.replay_events();
+    if let Some(since) = query.since_unix_ms {
+        past.retain(|change| change.at_unix_ms >= since as u64);
+    }
+    let wanted = match (query.last, query.since_unix_ms) {
+        (Some(last), _) => last as usize,
+        (None, Some(_)) => past.len(),
+        (None, None) => 0,
+    };
+    let past: Vec<EventView> = past[past.len().saturating_sub(wanted)..]
+        .iter()
+        .map(EventView::from)
+        .collect();
+    let changes = stream::iter(past).chain(live(&api, feed).map(|change| EventView::from(&change)));
+    Ok(sse("state", changes).into_response())
 }

@@ -24,7 +24,7 @@ impl From<&State> for StateName {
     fn from(state: &State) -> Self {
         match state {
             State::Stopped => Self::Stopped,
-            State::Waiting => Self::Waiting,
+            State::Waiting { .. } => Self::Waiting,
             State::Starting { .. } => Self::Starting,
             State::Ready => Self::Ready,
             State::Unhealthy { .. } => Self::Unhealthy,
@@ -46,12 +46,14 @@ pub struct ServiceView {
     pub since_unix_ms: u64,
     pub pid: Option<i32>,
     pub container_id: Option<String>,
+    /// When the running launch began (Unix milliseconds): uptime counts from here.
+    pub launched_unix_ms: Option<u64>,
     pub port: u16,
     /// The GPUs leased to it (UUIDs).
     pub gpus: Vec<String>,
     pub restarts: u32,
     pub last_failure: Option<String>,
-    /// Why it gave up, when `failed`.
+    /// Why it gave up, when `failed`; what it waits for, when `waiting`.
     pub reason: Option<String>,
     /// When the next start is due, when `backoff` (Unix milliseconds).
     pub next_retry_unix_ms: Option<u64>,
@@ -72,6 +74,7 @@ impl From<&ServiceStatus> for ServiceView {
             since_unix_ms: status.since_unix_ms,
             pid: status.pid,
             container_id: status.container_id.clone(),
+            launched_unix_ms: status.launched_unix_ms,
             port: status.port,
             gpus: status.gpus.clone(),
             restarts: status.restarts,
@@ -83,7 +86,9 @@ impl From<&ServiceStatus> for ServiceView {
             models: status.models.iter().map(ModelView::from).collect(),
         };
         match &status.state {
-            State::Failed { reason } => view.reason = Some(reason.clone()),
+            State::Failed { reason } | State::Waiting { reason } => {
+                view.reason = Some(reason.clone())
+            }
             State::Backoff { next_try_unix_ms } => {
                 view.next_retry_unix_ms = Some(*next_try_unix_ms)
             }
@@ -139,7 +144,8 @@ pub struct EventView {
     pub to: StateName,
     pub at_unix_ms: u64,
     pub port: u16,
-    /// Why: the failure behind a `backoff`, the reason for `failed`.
+    /// Why: the failure behind a `backoff`, the reason for `failed`, what a
+    /// `waiting` service waits for.
     pub reason: Option<String>,
     /// Loading progress, for `starting`.
     pub loading_percent: Option<u8>,
@@ -148,7 +154,7 @@ pub struct EventView {
 impl From<&StateChange> for EventView {
     fn from(change: &StateChange) -> Self {
         let reason = match &change.to {
-            State::Failed { reason } => Some(reason.clone()),
+            State::Failed { reason } | State::Waiting { reason } => Some(reason.clone()),
             State::Backoff { .. } => change.last_failure.clone(),
             _ => None,
         };
@@ -266,6 +272,18 @@ pub struct LogsQuery {
     pub tail: Option<i32>,
     /// Keep the stream open as Server-Sent Events.
     pub follow: Option<bool>,
+}
+
+/// Which past state changes `GET /v1/events` sends before the live ones.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// The last N changes the daemon remembers (it keeps 1000); none by default.
+    #[param(minimum = 0)]
+    pub last: Option<i32>,
+    /// Only changes at or after this time (Unix milliseconds).
+    #[param(minimum = 0)]
+    pub since_unix_ms: Option<i64>,
 }
 
 /// One Server-Sent Event as it travels: its name and its JSON.

@@ -71,7 +71,9 @@ impl Client {
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let request = self.authorize(self.agent.post(format!("{}{path}", self.url)));
+        let request = self
+            .authorize(self.agent.post(format!("{}{path}", self.url)))
+            .header(crate::api::CLIENT_HEADER, "cli");
         let response = request
             .send_empty()
             .map_err(|error| self.unreachable(error))?;

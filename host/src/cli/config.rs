@@ -42,6 +42,11 @@ pub fn load_checked(path: &Path) -> Result<Checked, ExitCode> {
 pub fn check(path: &Path) -> ExitCode {
     match load_checked(path) {
         Ok(checked) => {
+            let errors = checked.config.launch_errors(&checked.specs);
+            if !errors.is_empty() {
+                eprintln!("{}", crate::config::ConfigErrors(errors));
+                return ExitCode::from(2);
+            }
             println!("{}: ok, {} service(s)", path.display(), checked.specs.len());
             ExitCode::SUCCESS
         }

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod plugins;
 mod remote;
+mod run;
 mod table;
 mod up;
 
@@ -38,7 +39,10 @@ pub enum Command {
         #[arg(default_value = "nanny.toml")]
         config: PathBuf,
     },
-    /// The services: name, backend, state, uptime, port, GPUs, restarts, models.
+    /// Supervise one backend in the foreground without a config file:
+    /// `nanny run vllm --model Qwen/Qwen2.5-0.5B --port 8000`.
+    Run(run::RunArgs),
+    /// The services: name, backend, state, uptime, port, GPUs, restarts, models, reason.
     Ps {
         #[arg(long)]
         json: bool,
@@ -67,8 +71,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every state change as it happens.
+    /// Every state change as it happens; first the last N (`-n`) or those since
+    /// a while ago (`--since 10m`), from the daemon's memory of the last 1000.
     Events {
+        #[arg(short = 'n', long = "last")]
+        last: Option<u32>,
+        /// How far back, as `30s`, `10m`, `2h`.
+        #[arg(long, value_parser = crate::config::duration::parse)]
+        since: Option<std::time::Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -142,7 +152,8 @@ fn load_catalog(
         .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
     let catalog = Catalog::load(&engine, plugin_dirs);
     for problem in catalog.problems() {
-        eprintln!("warning: {problem}");
+        // One line each, whatever bytes the broken file put in the message.
+        eprintln!("warning: {}", crate::plugin::one_line(&problem.to_string()));
     }
     Ok(catalog)
 }
@@ -175,12 +186,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lines,
             json,
         } => remote(remote::logs(&client, &name, follow, lines, json)),
-        Command::Events { json } => remote(remote::events(&client, json)),
+        Command::Events { last, since, json } => remote(remote::events(&client, last, since, json)),
         Command::Info { json } => remote(remote::info(&client, json)),
         Command::Plugins { action, json } => {
             plugins::run(action.unwrap_or(PluginsAction::List), json)
         }
         Command::Up { config } => up::run(&config),
+        Command::Run(args) => run::run(&args),
         Command::Config {
             action: ConfigAction::Check { config },
         } => Ok(config::check(&config)),

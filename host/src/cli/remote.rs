@@ -86,18 +86,20 @@ pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
         print_json(&services);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 8]> = services
+    let mut services = services;
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows: Vec<[String; 9]> = services
         .iter()
         .map(|service| {
-            let up = matches!(service.state, StateName::Ready | StateName::Unhealthy);
-            let uptime = if up {
-                human(Duration::from_millis(
-                    now_ms().saturating_sub(service.since_unix_ms),
-                ))
-            } else {
-                "-".into()
-            };
+            let uptime = service.launched_unix_ms.map_or("-".into(), |launched| {
+                human(Duration::from_millis(now_ms().saturating_sub(launched)))
+            });
             let models: Vec<&str> = service.models.iter().map(|m| m.id.as_str()).collect();
+            let reason = match service.state {
+                StateName::Failed | StateName::Waiting => service.reason.clone(),
+                StateName::Backoff => service.last_failure.clone(),
+                _ => None,
+            };
             [
                 service.name.clone(),
                 service.backend.clone(),
@@ -107,11 +109,12 @@ pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
                 or_dash(service.gpus.join(",")),
                 service.restarts.to_string(),
                 or_dash(models.join(",")),
+                reason.unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     let header = [
-        "NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS",
+        "NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS", "REASON",
     ];
     print!("{}", table(header, &rows));
     Ok(ExitCode::SUCCESS)
@@ -224,8 +227,21 @@ pub fn logs(
 }
 
 /// `nanny events`: every state change until the daemon goes away.
-pub fn events(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
-    client.stream("/v1/events", |value: Value| {
+pub fn events(
+    client: &Client,
+    last: Option<u32>,
+    since: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let mut path = String::from("/v1/events?");
+    if let Some(last) = last {
+        path.push_str(&format!("last={last}&"));
+    }
+    if let Some(since) = since {
+        let since_ms = now_ms().saturating_sub(since.as_millis() as u64);
+        path.push_str(&format!("since_unix_ms={since_ms}"));
+    }
+    client.stream(path.trim_end_matches(['?', '&']), |value: Value| {
         if json {
             println!("{value}");
         } else if let Ok(event) = serde_json::from_value::<EventView>(value) {

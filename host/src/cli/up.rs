@@ -1,6 +1,5 @@
 //! `nanny up [CONFIG]`: the daemon in the foreground.
 
-use std::future::IntoFuture;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -29,6 +28,13 @@ use crate::gpu::{GpuBroker, Inventory};
 use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    if !path.exists() {
+        eprintln!(
+            "nanny: no configuration at `{}`. Pass one (`nanny up path/to/nanny.toml`), start from examples/quickstart.toml, or supervise one backend without a file: `nanny run BACKEND --model M`",
+            path.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let Checked {
         config,
         catalog,
@@ -44,6 +50,17 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let _state_lock = match crate::daemon::StateLock::acquire(&config.daemon.state_dir) {
+        Ok(lock) => lock,
+        Err(error) => {
+            eprintln!("nanny: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match crate::daemon::raise_fd_limit() {
+        Ok((soft, _)) => tracing::debug!("file descriptor limit {soft}"),
+        Err(error) => tracing::warn!("cannot raise the file descriptor limit: {error}"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -72,6 +89,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
+            log_ring_bytes: config.daemon.log_ring_bytes,
             ready_url: Some(format!("http://{}", reachable(bound))),
             instance: instance_of(&config.daemon.state_dir),
             containers_at_start: true,
@@ -94,24 +112,28 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             listen: bound,
             access,
             closing: closed.clone(),
+            ready_calls: api::RateLimit::default(),
         });
-        let mut until_closed = closed;
-        let server = tokio::spawn(
-            axum::serve(listener, api::router(api))
-                .with_graceful_shutdown(async move {
-                    let _ = until_closed.wait_for(|closed| *closed).await;
-                })
-                .into_future(),
-        );
+        let limits = api::ConnectionLimits {
+            max_connections: config.daemon.max_connections,
+            ..api::ConnectionLimits::default()
+        };
+        let server = tokio::spawn(api::serve(listener, api::router(api), limits, closed));
         say!(
             "nanny: supervising {count} service(s) from {}; Ctrl-C stops them all",
             path.display()
         );
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+        // A closed terminal sends SIGHUP: it must not take the daemon (and so
+        // every backend) down, the way systemd daemons treat it.
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => say!("nanny: SIGHUP: still running (configuration reload is not available yet)"),
+            }
         }
         say!("nanny: stopping every service (a second signal forces)");
         let forced = tokio::select! {
@@ -200,7 +222,7 @@ fn describe(change: &StateChange) -> String {
             loading_percent: Some(percent),
         } => format!(" ({percent}%)"),
         State::Ready => format!(" on {}", change.port),
-        State::Failed { reason } => format!(": {reason}"),
+        State::Failed { reason } | State::Waiting { reason } => format!(": {reason}"),
         State::Backoff { .. } => format!(
             " after {}",
             change.last_failure.as_deref().unwrap_or("a failure")

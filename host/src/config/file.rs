@@ -33,6 +33,10 @@ pub struct RawDaemon {
     pub services_dir: Option<PathBuf>,
     pub port_range: [u16; 2],
     pub max_concurrent_starts: usize,
+    /// How much of each service's recent output is kept in memory (`"4MiB"`).
+    pub log_ring: Option<String>,
+    /// API connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for RawDaemon {
@@ -45,6 +49,8 @@ impl Default for RawDaemon {
             services_dir: None,
             port_range: [20_000, 29_999],
             max_concurrent_starts: 4,
+            log_ring: None,
+            max_connections: 512,
         }
     }
 }

@@ -34,14 +34,25 @@ impl ManifestFile {
     }
 }
 
-/// The manifests under `dir`, one per sub-folder, in name order.
+/// Whether a folder under `services_dir` is a template or hidden (`_base`,
+/// `.git`): such folders hold no service, as in the repositories people keep
+/// their manifests in.
+fn is_template(folder: &Path) -> bool {
+    folder
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with('_') || name.starts_with('.'))
+}
+
+/// The manifests under `dir`, one per sub-folder, in name order; template and
+/// hidden folders are skipped.
 pub(super) fn discover(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|error| format!("cannot read `{}`: {error}", dir.display()))?;
     let mut folders: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| path.is_dir())
+        .filter(|path| path.is_dir() && !is_template(path))
         .collect();
     folders.sort();
     let mut found = Vec::new();

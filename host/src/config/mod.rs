@@ -1,7 +1,7 @@
 //! `nanny.toml` and the service manifests beside it: parsing, `NANNY_*` overrides,
 //! and validation against the plugins. Every error names the file, the line and the key.
 
-mod duration;
+pub mod duration;
 mod error;
 mod file;
 mod manifest;
@@ -34,6 +34,10 @@ pub struct DaemonConfig {
     pub services_dir: Option<PathBuf>,
     pub port_range: [u16; 2],
     pub max_concurrent_starts: usize,
+    /// Bytes of recent output kept in memory per service.
+    pub log_ring_bytes: usize,
+    /// API connections served at once.
+    pub max_connections: usize,
 }
 
 /// A parsed configuration: `nanny.toml` and the manifests under its `services_dir`.
@@ -232,6 +236,20 @@ impl Config {
                 gpu,
             });
         }
+        // Two services configured on one port: the second would fail at launch.
+        let mut claimed: BTreeMap<u16, &str> = BTreeMap::new();
+        for declared in &self.services {
+            let Some(port) = declared.raw.port else {
+                continue;
+            };
+            if let Some(first) = claimed.insert(port, &declared.name) {
+                errors.push(self.source_of(declared).error(
+                    declared.name_offset,
+                    declared.key("port"),
+                    format!("port {port} is `{first}`'s already"),
+                ));
+            }
+        }
         if errors.is_empty() {
             let graph: BTreeMap<String, Vec<String>> = specs
                 .iter()
@@ -260,6 +278,54 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// What only a launch would find out, found now (`nanny config check`): each
+    /// service's plugin is asked to plan it, and its refusals are reported with
+    /// file, line and key; a configured port another program listens on is one too.
+    pub fn launch_errors(&self, specs: &[ServiceSpec]) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for spec in specs {
+            let Some(declared) = self.services.iter().find(|d| d.name == spec.service.name) else {
+                continue;
+            };
+            let source = self.source_of(declared);
+            let mut session =
+                crate::plugin::PluginSession::new(spec.plugin.clone(), spec.service.clone());
+            match session.plan() {
+                Ok(Ok(_)) => {}
+                Ok(Err(refusals)) => {
+                    for refusal in refusals {
+                        // A plugin names a service key (`model`) or one of its settings.
+                        const SERVICE_KEYS: [&str; 6] =
+                            ["model", "port", "host", "args", "env", "work_dir"];
+                        let key = if SERVICE_KEYS.contains(&refusal.key.as_str()) {
+                            declared.key(&refusal.key)
+                        } else {
+                            declared.key(&format!("settings.{}", refusal.key))
+                        };
+                        let offset = source
+                            .text
+                            .find(&refusal.key)
+                            .unwrap_or(declared.name_offset);
+                        errors.push(source.error(offset, key, refusal.message));
+                    }
+                }
+                Err(error) => errors.push(source.error(
+                    declared.name_offset,
+                    declared.key("backend"),
+                    format!("the plugin could not plan this service: {error}"),
+                )),
+            }
+            if declared.raw.port.is_some() {
+                if let Err(reason) =
+                    crate::runtime::ports::check_free(&spec.service.host, spec.service.port)
+                {
+                    errors.push(source.error(declared.name_offset, declared.key("port"), reason));
+                }
+            }
+        }
+        errors
     }
 
     /// `depends_on`, with every name checked against the declared services.
@@ -465,19 +531,52 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
     let daemon = &raw.daemon;
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
     let mut errors = Vec::new();
-    let listen_text = env("NANNY_LISTEN").unwrap_or_else(|| daemon.listen.clone());
-    let listen = listen_text.parse().unwrap_or_else(|_| {
-        let offset = source.text.find("listen").unwrap_or(0);
-        errors.push(source.error(
-            offset,
-            "daemon.listen",
-            format!("`{listen_text}` is not an address like 127.0.0.1:7878"),
-        ));
+    // A value from the environment is reported under the variable's name.
+    let from_env = |variable: &str, problem: String| ConfigError {
+        file: source.path.to_path_buf(),
+        line: 0,
+        key: variable.to_string(),
+        message: format!("{problem} (from the environment)"),
+    };
+    let listen = match env("NANNY_LISTEN") {
+        Some(text) => text.parse().map_err(|_| {
+            from_env(
+                "NANNY_LISTEN",
+                format!("`{text}` is not an address like 127.0.0.1:7878"),
+            )
+        }),
+        None => daemon.listen.parse().map_err(|_| {
+            let offset = source.text.find("listen").unwrap_or(0);
+            source.error(
+                offset,
+                "daemon.listen",
+                format!("`{}` is not an address like 127.0.0.1:7878", daemon.listen),
+            )
+        }),
+    }
+    .unwrap_or_else(|error| {
+        errors.push(error);
         SocketAddr::from(([127, 0, 0, 1], 7878))
     });
     let max_concurrent_starts = match env("NANNY_MAX_CONCURRENT_STARTS") {
-        Some(text) => text.parse().unwrap_or(daemon.max_concurrent_starts),
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            let problem = format!("`{text}` is not a whole number of starts");
+            errors.push(from_env("NANNY_MAX_CONCURRENT_STARTS", problem));
+            daemon.max_concurrent_starts
+        }),
         None => daemon.max_concurrent_starts,
+    };
+    let log_ring_bytes = match &daemon.log_ring {
+        None => DEFAULT_LOG_RING_BYTES,
+        Some(text) => match file::vram_mib(text) {
+            Ok(mib) if mib > 0 => (mib as usize).saturating_mul(1 << 20),
+            Ok(_) => DEFAULT_LOG_RING_BYTES,
+            Err(message) => {
+                let offset = source.text.find("log_ring").unwrap_or(0);
+                errors.push(source.error(offset, "daemon.log_ring", message));
+                DEFAULT_LOG_RING_BYTES
+            }
+        },
     };
     let [low, high] = daemon.port_range;
     if low > high || low == 0 {
@@ -508,8 +607,13 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
             .or_else(|| daemon.services_dir.clone()),
         port_range: daemon.port_range,
         max_concurrent_starts: max_concurrent_starts.max(1),
+        log_ring_bytes,
+        max_connections: daemon.max_connections.max(1),
     })
 }
+
+/// Recent output kept in memory per service unless `daemon.log_ring` says.
+pub const DEFAULT_LOG_RING_BYTES: usize = 4 << 20;
 
 /// The service's settings, converted, with unknown and missing keys reported.
 fn check_settings(

@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::locks::lock;
 
 use super::inventory::{compute_apps, Inventory, InventorySource};
 use super::lease::{Conflict, Lease, LeaseTable};
@@ -25,6 +27,8 @@ pub struct GpuBroker {
     checkpoint: Option<PathBuf>,
     /// One checkpoint write at a time: they share the temporary file.
     saving: Mutex<()>,
+    /// Counts releases, so services waiting for a device learn when to try again.
+    releases: tokio::sync::watch::Sender<u64>,
 }
 
 /// What `GET /v1/gpus` shows.
@@ -66,6 +70,7 @@ impl GpuBroker {
             held: Mutex::new(BTreeMap::new()),
             checkpoint,
             saving: Mutex::new(()),
+            releases: tokio::sync::watch::Sender::new(0),
         };
         let earlier: Option<LeaseTable> = broker
             .checkpoint
@@ -104,6 +109,12 @@ impl GpuBroker {
         !lock(&self.inventory).devices.is_empty()
     }
 
+    /// Changes with every release: subscribe before a failed `acquire`, await a
+    /// change, try again.
+    pub fn releases(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.releases.subscribe()
+    }
+
     /// Takes a lease for `service`, or says who is in the way.
     pub fn acquire(&self, service: &str, request: &GpuRequest) -> Result<Lease, Conflict> {
         self.forget_freed_memory();
@@ -123,11 +134,12 @@ impl GpuBroker {
         trial.acquire(&devices, service, request, &held).map(|_| ())
     }
 
-    /// Gives the lease back once the service's processes are gone. Its PIDs that
+    /// Gives the lease back once the launch's processes are gone. Its PIDs that
     /// still hold memory on its devices keep those devices from new leases.
-    pub fn release(&self, lease: &Lease, main_pid: Option<i32>) {
+    /// Blocking (it may ask `nvidia-smi`): call it off the async workers.
+    pub fn release(&self, lease: &Lease, main_pid: Option<i32>, launch: &str) {
         lock(&self.table).release(&lease.service);
-        let mut ours = pids_of_service(&lease.service);
+        let mut ours = pids_of_launch(launch);
         ours.extend(main_pid);
         let lingering: BTreeSet<i32> = compute_apps()
             .unwrap_or_default()
@@ -142,22 +154,32 @@ impl GpuBroker {
             }
         }
         self.save();
+        self.releases.send_modify(|count| *count += 1);
     }
 
-    /// After a release: waits for the service's memory to come back, killing what
-    /// is left of the service; `Some(report)` when it did not come back in time.
-    pub async fn await_release(&self, service: &str) -> Option<String> {
+    /// After a release: waits for the launch's memory to come back, killing what
+    /// is left of that launch (and nothing of any other); `Some(report)` when it
+    /// did not come back in time. `nvidia-smi` and `/proc` are read off the async
+    /// workers.
+    pub async fn await_release(self: &Arc<Self>, service: &str, launch: &str) -> Option<String> {
         let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
         let mut killed = false;
         loop {
-            let lingering = self.forget_freed_memory();
+            let broker = self.clone();
+            let lingering = tokio::task::spawn_blocking(move || broker.forget_freed_memory())
+                .await
+                .unwrap_or_default();
             if lingering.is_empty() {
                 return None;
             }
             if !killed {
-                // Only processes that are provably the service's: its NANNY_SERVICE.
-                for pid in pids_of_service(service) {
-                    // SAFETY: kill(2) on a process launched for this service.
+                // Only processes that are provably this launch's: its NANNY_LAUNCH.
+                let launch = launch.to_string();
+                let pids = tokio::task::spawn_blocking(move || pids_of_launch(&launch))
+                    .await
+                    .unwrap_or_default();
+                for pid in pids {
+                    // SAFETY: kill(2) on a process of the launch that just ended.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
                 killed = true;
@@ -173,9 +195,9 @@ impl GpuBroker {
     }
 
     /// Drops held PIDs that no longer hold memory; returns those that still do.
+    /// `nvidia-smi` is asked with no lock held, so a slow one blocks only its caller.
     fn forget_freed_memory(&self) -> BTreeSet<i32> {
-        let mut held = lock(&self.held);
-        if held.is_empty() {
+        if lock(&self.held).is_empty() {
             return BTreeSet::new();
         }
         let using: BTreeSet<i32> = compute_apps()
@@ -183,6 +205,7 @@ impl GpuBroker {
             .into_iter()
             .map(|(pid, _)| pid)
             .collect();
+        let mut held = lock(&self.held);
         for pids in held.values_mut() {
             pids.retain(|pid| using.contains(pid));
         }
@@ -262,16 +285,19 @@ impl GpuBroker {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Every live process launched for `service` (by any launch, this daemon's or an
+/// earlier one's): each carries `NANNY_SERVICE=<service>` in its environment,
+/// however far it double-forked.
+pub fn pids_of_service(service: &str) -> Vec<i32> {
+    pids_with(&format!("NANNY_SERVICE={service}"))
 }
 
-/// Every live process launched for `service`: each carries `NANNY_SERVICE=<service>`
-/// in its environment, however far it double-forked.
-pub fn pids_of_service(service: &str) -> Vec<i32> {
-    let needle = format!("NANNY_SERVICE={service}");
+/// Every live process of one launch: each carries `NANNY_LAUNCH=<id>`.
+pub fn pids_of_launch(launch: &str) -> Vec<i32> {
+    pids_with(&format!("NANNY_LAUNCH={launch}"))
+}
+
+fn pids_with(needle: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

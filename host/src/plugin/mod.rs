@@ -22,6 +22,21 @@ pub use engine::{Limits, PluginEngine};
 pub use error::PluginError;
 pub use session::{PluginSession, SessionHandle};
 
+/// `text` on one line: newlines, tabs and other control characters escaped, so
+/// whatever a plugin (or a broken plugin file) says cannot forge or break up the
+/// daemon's own log lines.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
+            if c.is_control() {
+                Box::new(c.escape_default())
+            } else {
+                Box::new(std::iter::once(c))
+            }
+        })
+        .collect()
+}
+
 impl Service {
     /// A service named `name` on 127.0.0.1:`port` with `settings` and nothing else.
     pub fn local(name: &str, port: u16, settings: Vec<Setting>) -> Self {

@@ -68,13 +68,24 @@ pub(super) fn check_reply<R: ReplySize>(
     Ok(())
 }
 
-/// The bytes of text a reply carries.
+/// What each item of a list in a reply counts for, over its text: a list of
+/// 100,000 one-letter models costs the host far more than 100 KB.
+const ITEM_BYTES: usize = 64;
+
+/// The bytes of text a reply carries, each list item counting [`ITEM_BYTES`] more.
 pub(super) trait ReplySize {
     fn text_bytes(&self) -> usize;
 }
 
 fn strings<'a>(items: impl IntoIterator<Item = &'a String>) -> usize {
-    items.into_iter().map(String::len).sum()
+    items.into_iter().map(|item| item.len() + ITEM_BYTES).sum()
+}
+
+fn pairs(items: &[(String, String)]) -> usize {
+    items
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + ITEM_BYTES)
+        .sum()
 }
 
 impl ReplySize for Progress {
@@ -100,7 +111,7 @@ impl ReplySize for Result<Vec<Model>, String> {
         match self {
             Ok(models) => models
                 .iter()
-                .map(|m| m.id.len() + m.owned_by.as_ref().map_or(0, String::len))
+                .map(|m| m.id.len() + m.owned_by.as_ref().map_or(0, String::len) + ITEM_BYTES)
                 .sum(),
             Err(message) => message.len(),
         }
@@ -112,20 +123,23 @@ impl ReplySize for Result<Plan, Vec<ConfigError>> {
         match self {
             Ok(plan) => {
                 let launch = match &plan.launch {
-                    Launch::Process(p) => {
-                        p.program.len()
-                            + strings(&p.args)
-                            + p.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-                    }
+                    Launch::Process(p) => p.program.len() + strings(&p.args) + pairs(&p.env),
                     Launch::Container(c) => {
                         c.image.len()
                             + strings(&c.command)
-                            + c.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                            + pairs(&c.env)
+                            + c.mounts
+                                .iter()
+                                .map(|m| m.source.len() + m.target.len() + ITEM_BYTES)
+                                .sum::<usize>()
                     }
                 };
                 launch + plan.models_path.len() + plan.readiness.path.len()
             }
-            Err(errors) => errors.iter().map(|e| e.key.len() + e.message.len()).sum(),
+            Err(errors) => errors
+                .iter()
+                .map(|e| e.key.len() + e.message.len() + ITEM_BYTES)
+                .sum(),
         }
     }
 }
@@ -138,7 +152,7 @@ impl ReplySize for PluginInfo {
             + self
                 .settings
                 .iter()
-                .map(|s| s.key.len() + s.help.len())
+                .map(|s| s.key.len() + s.help.len() + ITEM_BYTES)
                 .sum::<usize>()
     }
 }
@@ -146,5 +160,32 @@ impl ReplySize for PluginInfo {
 impl ReplySize for () {
     fn text_bytes(&self) -> usize {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hundred_thousand_tiny_models_are_too_big_a_reply() {
+        let models: Result<Vec<Model>, String> = Ok((0..100_000)
+            .map(|n| Model {
+                id: (n % 10).to_string(),
+                owned_by: None,
+                context_length: None,
+            })
+            .collect());
+        let refused = check_reply("p", "models", &models, 1 << 20).unwrap_err();
+        assert!(
+            matches!(refused, PluginError::OversizedReply { .. }),
+            "{refused}"
+        );
+        let few: Result<Vec<Model>, String> = Ok(vec![Model {
+            id: "tiny".into(),
+            owned_by: None,
+            context_length: None,
+        }]);
+        assert!(check_reply("p", "models", &few, 1 << 20).is_ok());
     }
 }

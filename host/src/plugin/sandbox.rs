@@ -9,6 +9,43 @@ use super::bindings::nanny::backend::{host, types};
 
 /// Log messages longer than this are cut: a plugin must not flood the daemon's log.
 const MAX_LOG_BYTES: usize = 4096;
+/// Messages a plugin may log at once, and how many more each second brings.
+const LOG_BURST: f64 = 50.0;
+const LOG_PER_SECOND: f64 = 10.0;
+
+/// A token bucket over one store's `log` calls: what is over budget is counted,
+/// not printed, and the count comes with the next message that gets through.
+#[derive(Debug)]
+pub(super) struct LogBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    pub(super) suppressed: u64,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        Self {
+            tokens: LOG_BURST,
+            refilled: std::time::Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more message may go out now.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * LOG_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(LOG_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
 
 pub struct StoreState {
     wasi: WasiCtx,
@@ -18,6 +55,7 @@ pub struct StoreState {
     service: String,
     /// Reported in timeout errors.
     pub(super) call_deadline: std::time::Duration,
+    pub(super) log_budget: LogBudget,
 }
 
 impl StoreState {
@@ -37,6 +75,7 @@ impl StoreState {
             plugin: plugin.to_string(),
             service: service.to_string(),
             call_deadline,
+            log_budget: LogBudget::new(),
         }
     }
 }
@@ -85,6 +124,9 @@ impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     fn log(&mut self, level: host::Level, mut message: String) {
+        if !self.log_budget.take() {
+            return;
+        }
         if message.len() > MAX_LOG_BYTES {
             let mut cut = MAX_LOG_BYTES;
             while !message.is_char_boundary(cut) {
@@ -93,6 +135,14 @@ impl host::Host for StoreState {
             message.truncate(cut);
             message.push('…');
         }
+        // One line per message, whatever the plugin put in it.
+        let mut message = crate::plugin::one_line(&message);
+        let suppressed = std::mem::take(&mut self.log_budget.suppressed);
+        if suppressed > 0 {
+            message.push_str(&format!(
+                " ({suppressed} earlier message(s) suppressed: too many)"
+            ));
+        }
         let (plugin, service) = (&self.plugin, &self.service);
         match level {
             host::Level::Debug => tracing::debug!(plugin, service, "{message}"),
@@ -100,5 +150,25 @@ impl host::Host for StoreState {
             host::Level::Warn => tracing::warn!(plugin, service, "{message}"),
             host::Level::Error => tracing::error!(plugin, service, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host::Host;
+
+    #[test]
+    fn a_flood_of_log_calls_is_cut_to_the_budget_and_counted() {
+        let mut state = StoreState::new("p", "s", 1 << 20, std::time::Duration::from_millis(100));
+        for _ in 0..10_000 {
+            state.log(host::Level::Debug, "x".repeat(10_000));
+        }
+        // The burst went out (give or take what refilled meanwhile); the rest waits.
+        assert!(
+            state.log_budget.suppressed >= 9_000,
+            "{}",
+            state.log_budget.suppressed
+        );
     }
 }

@@ -15,9 +15,10 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::process::{Exit, OutputLine, Stream};
+use super::LineSink;
 
 /// Labels every container nanny creates carries.
 pub const LABEL_SERVICE: &str = "nanny.service";
@@ -75,7 +76,7 @@ pub struct ContainerHandle {
 pub async fn run(
     docker: &Docker,
     spec: &ContainerSpec,
-    lines: mpsc::Sender<OutputLine>,
+    lines: LineSink,
 ) -> Result<ContainerHandle, ContainerError> {
     let port_key = format!("{}/tcp", spec.container_port);
     let labels = HashMap::from([
@@ -143,18 +144,17 @@ pub async fn run(
     Ok(attach(docker, created.id, lines, "all"))
 }
 
-/// Takes over a running container another run of this daemon started: its new
-/// output goes to `lines`, its exit is watched. Nothing is restarted.
-pub fn adopt(docker: &Docker, id: String, lines: mpsc::Sender<OutputLine>) -> ContainerHandle {
-    attach(docker, id, lines, "0")
+/// Takes over a running container another run of this daemon started: its
+/// recent output (so a plugin that waits for a ready line sees it) and what
+/// comes next go to `lines`, its exit is watched. Nothing is restarted.
+pub fn adopt(docker: &Docker, id: String, lines: LineSink) -> ContainerHandle {
+    attach(docker, id, lines, ADOPTION_REPLAY_LINES)
 }
 
-fn attach(
-    docker: &Docker,
-    id: String,
-    lines: mpsc::Sender<OutputLine>,
-    tail: &str,
-) -> ContainerHandle {
+/// Lines of an adopted container's past output read again on adoption.
+const ADOPTION_REPLAY_LINES: &str = "500";
+
+fn attach(docker: &Docker, id: String, lines: LineSink, tail: &str) -> ContainerHandle {
     let (exit_in, exit) = watch::channel(None);
     tokio::spawn(follow_logs(
         docker.clone(),
@@ -247,7 +247,7 @@ pub async fn remove_unknown(docker: &Docker, instance: &str, keep: &[String]) ->
 }
 
 /// Splits Docker's log frames into lines, per stream.
-async fn follow_logs(docker: Docker, id: String, lines: mpsc::Sender<OutputLine>, tail: String) {
+async fn follow_logs(docker: Docker, id: String, lines: LineSink, tail: String) {
     let options = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
@@ -276,9 +276,7 @@ async fn follow_logs(docker: Docker, id: String, lines: mpsc::Sender<OutputLine>
                 stream,
                 text: text.trim_end_matches(['\n', '\r']).to_string(),
             };
-            if lines.send(line).await.is_err() {
-                return;
-            }
+            lines.deliver(line);
         }
     }
 }
@@ -342,10 +340,16 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
         "{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}",
         spec.image,
         spec.command,
-        // The ready callback changes with every daemon and launch; the container does not.
+        // The ready callback and the launch id change with every daemon and
+        // launch; the container does not.
         spec.env
             .iter()
-            .filter(|(key, _)| key != "NANNY_READY_TOKEN" && key != "NANNY_READY_URL")
+            .filter(|(key, _)| {
+                !matches!(
+                    key.as_str(),
+                    "NANNY_READY_TOKEN" | "NANNY_READY_URL" | "NANNY_LAUNCH"
+                )
+            })
             .collect::<Vec<_>>(),
         spec.host,
         spec.host_port,

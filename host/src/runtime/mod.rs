@@ -3,12 +3,61 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod ports;
 pub mod process;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 pub use container::{ContainerHandle, ContainerSpec};
 pub use process::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};
+
+/// Where a launch's output lines go. The record (the service's log) takes each
+/// line first and never waits; the reader's copy (for the plugin) is best effort:
+/// while that reader is behind, lines are counted and dropped for it, so a slow
+/// plugin call or probe never blocks the backend writing to its own stdout.
+#[derive(Clone)]
+pub struct LineSink {
+    record: Arc<dyn Fn(&OutputLine) + Send + Sync>,
+    reader: mpsc::Sender<OutputLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LineSink {
+    pub fn new(
+        record: impl Fn(&OutputLine) + Send + Sync + 'static,
+        reader: mpsc::Sender<OutputLine>,
+    ) -> Self {
+        Self {
+            record: Arc::new(record),
+            reader,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Records the line, then offers it to the reader.
+    pub fn deliver(&self, line: OutputLine) {
+        (self.record)(&line);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.reader.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines the reader missed because it was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Only a reader, nothing recorded: for embedding the runtime alone.
+impl From<mpsc::Sender<OutputLine>> for LineSink {
+    fn from(reader: mpsc::Sender<OutputLine>) -> Self {
+        Self::new(|_| {}, reader)
+    }
+}
 
 /// One running launch, whichever runtime it took.
 pub enum Launched {

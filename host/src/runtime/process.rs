@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::LineSink;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 use super::cgroup::Cgroup;
 
@@ -96,7 +96,7 @@ pub fn resolve_program(program: &str) -> PathBuf {
 pub fn spawn(
     spec: &ProcessSpec,
     cgroup: Option<Cgroup>,
-    lines: mpsc::Sender<OutputLine>,
+    lines: LineSink,
 ) -> io::Result<ProcessHandle> {
     let mut command = Command::new(resolve_program(&spec.program));
     command
@@ -152,11 +152,9 @@ pub fn spawn(
     })
 }
 
-async fn forward_lines(
-    pipe: impl AsyncRead + Unpin,
-    stream: Stream,
-    lines: mpsc::Sender<OutputLine>,
-) {
+/// Reads the pipe to its end, whatever happens to the lines: a backend never
+/// blocks on its own output.
+async fn forward_lines(pipe: impl AsyncRead + Unpin, stream: Stream, lines: LineSink) {
     let mut reader = BufReader::new(pipe);
     let mut buffer = Vec::new();
     loop {
@@ -168,9 +166,7 @@ async fn forward_lines(
                     buffer.pop();
                 }
                 let text = String::from_utf8_lossy(&buffer).into_owned();
-                if lines.send(OutputLine { stream, text }).await.is_err() {
-                    return;
-                }
+                lines.deliver(OutputLine { stream, text });
             }
         }
     }

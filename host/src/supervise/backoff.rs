@@ -45,6 +45,19 @@ impl Backoff {
         self.ready_since = Some(Instant::now());
     }
 
+    /// Downs since the schedule last started over (a long enough ready run, or an
+    /// explicit start): what `max_restarts` counts, like systemd's start limit
+    /// within `StartLimitIntervalSec`.
+    pub fn failures_in_window(&self) -> u32 {
+        self.failures
+    }
+
+    /// Someone asked for a start or restart: the schedule starts over.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+        self.ready_since = None;
+    }
+
     /// The service went down now: how long to wait before the next start.
     pub fn next_delay(&mut self) -> Duration {
         if self
@@ -95,6 +108,31 @@ mod tests {
         tokio::time::advance(Duration::from_secs(600)).await;
         assert_eq!(backoff.next_delay(), Duration::ZERO, "600 s ready resets");
         assert_eq!(backoff.next_delay(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_counts_downs_until_a_long_ready_run_or_a_reset() {
+        let mut backoff = Backoff::new(BackoffPolicy::default());
+        for expected in 1..=3 {
+            backoff.next_delay();
+            assert_eq!(backoff.failures_in_window(), expected);
+        }
+        // A crash a day: each one after a long ready run counts as the first.
+        for _ in 0..5 {
+            backoff.ready();
+            tokio::time::advance(Duration::from_secs(86_400)).await;
+            backoff.next_delay();
+            assert_eq!(backoff.failures_in_window(), 1);
+        }
+        backoff.next_delay();
+        assert_eq!(backoff.failures_in_window(), 2);
+        backoff.reset();
+        assert_eq!(backoff.failures_in_window(), 0);
+        assert_eq!(
+            backoff.next_delay(),
+            Duration::ZERO,
+            "a reset restarts at once"
+        );
     }
 
     #[tokio::test(start_paused = true)]

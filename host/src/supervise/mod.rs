@@ -2,6 +2,7 @@
 //! dependency order and stopped in reverse.
 
 mod backoff;
+mod events;
 mod logs;
 mod order;
 mod persist;
@@ -18,15 +19,17 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use backoff::{Backoff, BackoffPolicy};
-pub use logs::{LogBook, LogLine};
+pub use events::EventLog;
+pub use logs::{LogBook, LogLine, LogWriter};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
 pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
 pub use state::{ModelInfo, ServiceStatus, State, StateChange};
 
 use crate::gpu::{Conflict, GpuBroker, GpuMode, GpuRequest};
+pub(crate) use crate::locks::lock;
 use crate::plugin::PluginSession;
-use service::{Runner, Shared};
+use service::{Dependency, Runner, Shared};
 
 /// How the supervisor runs its services.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct SupervisorOptions {
     pub state_file: Option<PathBuf>,
     /// Where each service's output is written (`<service>.log`, rotated).
     pub log_dir: Option<PathBuf>,
+    /// Bytes of recent output each service keeps in memory.
+    pub log_ring_bytes: usize,
     /// The daemon's base URL; backends get `NANNY_READY_URL` under it.
     pub ready_url: Option<String>,
     /// Leases GPUs to the services that ask for them.
@@ -58,6 +63,7 @@ impl SupervisorOptions {
             cgroup_root: None,
             state_file: None,
             log_dir: None,
+            log_ring_bytes: crate::config::DEFAULT_LOG_RING_BYTES,
             ready_url: None,
             gpus: None,
             instance: format!("mem{}", std::process::id()),
@@ -83,11 +89,12 @@ pub struct Supervisor {
     gpu_requests: BTreeMap<String, GpuRequest>,
     gpus: Option<Arc<GpuBroker>>,
     instance: String,
-    events: broadcast::Sender<StateChange>,
+    events: Arc<EventLog>,
     /// Subscribed before any task ran, so the first reader misses nothing.
     first_events: std::sync::Mutex<Option<broadcast::Receiver<StateChange>>>,
     /// Set once `shutdown` begins: nothing starts after that.
     shutting_down: AtomicBool,
+    log_writer: Option<LogWriter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +139,8 @@ impl Supervisor {
             }
         }
         let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
-        let (events, first_events) = broadcast::channel(1024);
+        let events = Arc::new(EventLog::default());
+        let first_events = events.subscribe();
         let saver_events = events.subscribe();
         let remembered = options
             .state_file
@@ -142,6 +150,7 @@ impl Supervisor {
         let shared = Shared {
             cgroup_root: options.cgroup_root,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
+            queued_starts: Arc::default(),
             events: events.clone(),
             ready_url: options.ready_url,
             gpus: options.gpus.clone(),
@@ -162,7 +171,7 @@ impl Supervisor {
             let shared = shared.clone();
             tokio::spawn(async move { shared.docker().await });
         }
-        let mut channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
+        let channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
             .iter()
             .map(|spec| {
                 let mut status = ServiceStatus::new(
@@ -178,20 +187,46 @@ impl Supervisor {
                 (spec.service.name.clone(), watch::channel(status).0)
             })
             .collect();
+        // Every dependency's receiver is taken before any sender moves into its
+        // task: names in any order, dependencies before or after their dependents.
+        let wiring: Vec<_> = specs
+            .into_iter()
+            .map(|spec| {
+                let dependencies: Vec<Dependency> = spec
+                    .depends_on
+                    .iter()
+                    .filter_map(|(name, condition)| {
+                        Some(Dependency {
+                            name: name.clone(),
+                            condition: *condition,
+                            status: channels.get(name)?.subscribe(),
+                        })
+                    })
+                    .collect();
+                (spec, dependencies)
+            })
+            .collect();
+        let mut channels = channels;
+        let log_writer = match options.log_dir {
+            Some(_) => match LogWriter::start() {
+                Ok(writer) => Some(writer),
+                Err(error) => {
+                    tracing::warn!("no log files (cannot start their writer): {error}");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut services: BTreeMap<String, ServiceHandle> = BTreeMap::new();
-        for spec in specs {
-            let dependencies = spec
-                .depends_on
-                .iter()
-                .map(|(name, condition)| (*condition, channels[name].subscribe()))
-                .collect();
-            let status = channels
-                .remove(&spec.service.name)
-                .expect("one channel per service");
+        for (spec, dependencies) in wiring {
+            let Some(status) = channels.remove(&spec.service.name) else {
+                continue;
+            };
             let receiver = status.subscribe();
             let (commands, inbox) = mpsc::channel(16);
             let name = spec.service.name.clone();
-            let logs = Arc::new(LogBook::new(&name, options.log_dir.as_deref()));
+            let file = options.log_dir.as_deref().zip(log_writer.as_ref());
+            let logs = Arc::new(LogBook::new(&name, options.log_ring_bytes, file));
             let runner = Runner::new(
                 spec,
                 shared.clone(),
@@ -228,6 +263,7 @@ impl Supervisor {
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
             shutting_down: AtomicBool::new(false),
+            log_writer,
         })
     }
 
@@ -242,17 +278,19 @@ impl Supervisor {
     /// Every state change of every service, in order: since launch for the first
     /// caller, from now on for later ones.
     pub fn events(&self) -> broadcast::Receiver<StateChange> {
-        let first = self
-            .first_events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let first = lock(&self.first_events).take();
         first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Every state change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
         self.events.subscribe()
+    }
+
+    /// The last state changes the daemon remembers (up to 1000), oldest first, and
+    /// every one after them.
+    pub fn replay_events(&self) -> (Vec<StateChange>, broadcast::Receiver<StateChange>) {
+        self.events.replay()
     }
 
     /// One service's output: its recent lines and a live feed.
@@ -332,6 +370,40 @@ impl Supervisor {
         self.start_with_dependencies(name, Command::Restart).await
     }
 
+    /// Everything `name` depends on, directly or through others.
+    pub fn requirements(&self, name: &str) -> Vec<String> {
+        self.closure(name, |service| {
+            self.graph.get(service).cloned().unwrap_or_default()
+        })
+    }
+
+    /// Everything that depends on `name`, directly or through others.
+    pub fn dependents(&self, name: &str) -> Vec<String> {
+        self.closure(name, |service| {
+            self.graph
+                .iter()
+                .filter(|(_, dependencies)| dependencies.iter().any(|d| d == service))
+                .map(|(dependent, _)| dependent.clone())
+                .collect()
+        })
+    }
+
+    /// The services reachable from `name` through `next`, without `name` itself.
+    fn closure(&self, name: &str, next: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+        let mut reached = vec![name.to_string()];
+        let mut index = 0;
+        while let Some(service) = reached.get(index).cloned() {
+            for neighbour in next(&service) {
+                if !reached.contains(&neighbour) {
+                    reached.push(neighbour);
+                }
+            }
+            index += 1;
+        }
+        reached.remove(0);
+        reached
+    }
+
     /// Sends `Start` to each dependency of `name` in dependency order, then `command` to `name`.
     async fn start_with_dependencies(
         &self,
@@ -339,17 +411,8 @@ impl Supervisor {
         command: Command,
     ) -> Result<(), SuperviseError> {
         self.handle(name)?;
-        let mut needed = vec![name.to_string()];
-        let mut index = 0;
-        while let Some(service) = needed.get(index).cloned() {
-            for dependency in &self.graph[&service] {
-                if !needed.contains(dependency) {
-                    needed.push(dependency.clone());
-                }
-            }
-            index += 1;
-        }
-        for service in self.order.iter().filter(|s| needed[1..].contains(s)) {
+        let needed = self.requirements(name);
+        for service in self.order.iter().filter(|s| needed.contains(s)) {
             self.send(service, Command::Start).await?;
         }
         self.send(name, command).await
@@ -380,8 +443,28 @@ impl Supervisor {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Stops one service; returns once its processes are gone.
-    pub async fn stop(&self, name: &str) -> Result<(), SuperviseError> {
+    /// Stops `name` and, first, every service that requires it (as systemd does
+    /// with `Requires=`), dependents before what they depend on; returns once
+    /// every process is gone, with the dependents that were up and are now stopped.
+    pub async fn stop(&self, name: &str) -> Result<Vec<String>, SuperviseError> {
+        self.handle(name)?;
+        let dependents = self.dependents(name);
+        let mut stopped = Vec::new();
+        for dependent in self.order.iter().rev().filter(|s| dependents.contains(s)) {
+            let state = self.services[dependent].status.borrow().state.clone();
+            if matches!(state, State::Stopped | State::Failed { .. }) {
+                continue;
+            }
+            tracing::info!(service = %dependent, "stopping `{dependent}` first: it requires `{name}`");
+            self.stop_one(dependent).await?;
+            stopped.push(dependent.clone());
+        }
+        self.stop_one(name).await?;
+        Ok(stopped)
+    }
+
+    /// Stops one service alone; returns once its processes are gone.
+    async fn stop_one(&self, name: &str) -> Result<(), SuperviseError> {
         let (reply, stopped) = oneshot::channel();
         if self
             .handle(name)?
@@ -400,11 +483,15 @@ impl Supervisor {
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for name in self.order.iter().rev() {
-            let _ = self.stop(name).await;
+            let _ = self.stop_one(name).await;
         }
         for handle in self.services.values() {
             // Every service is stopped; what is left of each task is its idle loop.
             handle.task.abort();
+        }
+        if let Some(writer) = self.log_writer.clone() {
+            // The backends' last lines reach their files before the daemon ends.
+            let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         }
     }
 }

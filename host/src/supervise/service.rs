@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::{interval, interval_at, sleep_until, Instant, Interval, MissedTickBehavior};
 
 use super::backoff::{Backoff, BackoffPolicy};
+use super::lock;
 use super::logs::LogBook;
 use super::probe;
 use super::state::{unix_ms, ModelInfo, ServiceStatus, State, StateChange};
@@ -21,14 +22,21 @@ use crate::plugin::{
 };
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::container;
-use crate::runtime::{spawn, ContainerSpec, Exit, Launched, OutputLine, ProcessSpec, Stream};
+use crate::runtime::{
+    spawn, ContainerSpec, Exit, Launched, LineSink, OutputLine, ProcessSpec, Stream,
+};
 use std::collections::HashMap;
 
+/// Output lines waiting for the plugin; beyond this they are dropped for the
+/// plugin (never for the log) rather than block the backend.
+const PLUGIN_LINE_BACKLOG: usize = 1024;
 /// Lines handed to the plugin's `on-exit`.
 const EXIT_LINES: usize = 50;
 /// Failed liveness probes in a row that restart the backend (kubelet's default).
 const LIVENESS_FAILURE_THRESHOLD: u32 = 3;
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Models kept per service: `/v1/models` lists every service's.
+const MAX_MODELS: usize = 1000;
 /// How long a ready backend may take to list its models (it delays `ready`).
 const MODELS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -144,13 +152,53 @@ pub enum Command {
     },
 }
 
+/// A service this one depends on, as its runner watches it.
+pub(super) struct Dependency {
+    pub name: String,
+    pub condition: Condition,
+    pub status: watch::Receiver<ServiceStatus>,
+}
+
+impl Dependency {
+    fn is_met(&self) -> bool {
+        let status = self.status.borrow();
+        match self.condition {
+            Condition::Started => status.state.is_started(),
+            Condition::Ready => status.state == State::Ready,
+        }
+    }
+
+    /// What a dependent waiting on this one says.
+    fn waiting_reason(&self) -> String {
+        let status = self.status.borrow();
+        match &status.state {
+            State::Failed { reason } => {
+                format!("waiting for {}, which failed: {reason}", self.name)
+            }
+            state => {
+                let target = match self.condition {
+                    Condition::Started => "started",
+                    Condition::Ready => "ready",
+                };
+                format!(
+                    "waiting for {} to be {target} (it is {})",
+                    self.name,
+                    state.name()
+                )
+            }
+        }
+    }
+}
+
 /// What one service task shares with the others.
 #[derive(Clone)]
 pub(super) struct Shared {
     pub cgroup_root: Option<PathBuf>,
     pub starts: Arc<Semaphore>,
+    /// Launches waiting for a start slot now.
+    pub queued_starts: Arc<std::sync::atomic::AtomicUsize>,
     /// Every state change of every service, in order.
-    pub events: broadcast::Sender<StateChange>,
+    pub events: Arc<super::EventLog>,
     /// The daemon's address for ready callbacks (`http://127.0.0.1:7878`), if it serves them.
     pub ready_url: Option<String>,
     pub gpus: Option<Arc<GpuBroker>>,
@@ -203,12 +251,17 @@ pub(super) struct Runner {
     shared: Shared,
     status: watch::Sender<ServiceStatus>,
     commands: mpsc::Receiver<Command>,
-    dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+    dependencies: Vec<Dependency>,
     logs: Arc<LogBook>,
     backoff: Backoff,
+    /// Whether the service should run when its task (re)starts: `autostart` at
+    /// first, and false after a panic took the task down.
+    start_at_once: bool,
     launches: u64,
     /// The last launch's process, for the GPU release check.
     last_pid: Option<i32>,
+    /// The last launch's `NANNY_LAUNCH`, which every process of it inherits.
+    launch_id: String,
 }
 
 impl Runner {
@@ -217,11 +270,12 @@ impl Runner {
         shared: Shared,
         status: watch::Sender<ServiceStatus>,
         commands: mpsc::Receiver<Command>,
-        dependencies: Vec<(Condition, watch::Receiver<ServiceStatus>)>,
+        dependencies: Vec<Dependency>,
         logs: Arc<LogBook>,
     ) -> Self {
         let backoff = Backoff::new(spec.restart.backoff);
         Self {
+            start_at_once: spec.autostart,
             spec,
             shared,
             status,
@@ -231,6 +285,7 @@ impl Runner {
             backoff,
             launches: 0,
             last_pid: None,
+            launch_id: String::new(),
         }
     }
 
@@ -247,7 +302,8 @@ impl Runner {
                 return false;
             }
             also(status);
-            tracing::info!(service = %status.name, "{} → {}", status.state.name(), state.name());
+            // `nanny up` prints every change already; this is for debugging only.
+            tracing::debug!(service = %status.name, "{} → {}", status.state.name(), state.name());
             status.since_unix_ms = unix_ms(SystemTime::now());
             change = Some(StateChange {
                 service: status.name.clone(),
@@ -261,18 +317,50 @@ impl Runner {
             true
         });
         if let Some(change) = change {
-            // Nobody listening is fine.
-            let _ = self.shared.events.send(change);
+            self.shared.events.publish(change);
         }
     }
 
+    /// Runs the service's lifecycle until the supervisor goes away. A panic in it
+    /// (a bug in nanny) fails this service with the panic's message instead of
+    /// stranding it, and the lifecycle begins again, so `start` works once more.
     pub async fn run(mut self) {
-        let mut wanted = self.spec.autostart;
+        use futures_util::FutureExt;
+        loop {
+            let lifecycle = std::panic::AssertUnwindSafe(self.lifecycle());
+            let Err(panic) = lifecycle.catch_unwind().await else {
+                return;
+            };
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(service = %self.spec.service.name, "supervision panicked: {message}");
+            self.status.send_modify(|status| {
+                status.pid = None;
+                status.container_id = None;
+                status.launched_unix_ms = None;
+                status.models.clear();
+                status.gpus.clear();
+            });
+            self.set(State::Failed {
+                reason: format!("nanny's supervision of this service panicked: {message}"),
+            });
+            self.start_at_once = false;
+        }
+    }
+
+    async fn lifecycle(&mut self) {
+        let mut wanted = self.start_at_once;
         loop {
             if !wanted {
                 match self.commands.recv().await {
                     None => return,
-                    Some(Command::Start | Command::Restart) => wanted = true,
+                    Some(Command::Start | Command::Restart) => {
+                        self.backoff.reset();
+                        wanted = true;
+                    }
                     Some(Command::Stop(reply)) => {
                         let _ = reply.send(());
                         continue;
@@ -299,7 +387,7 @@ impl Runner {
                     }
                     wanted = false;
                 }
-                Outcome::Restart => {}
+                Outcome::Restart => self.backoff.reset(),
                 Outcome::GaveUp(reason) => {
                     tracing::error!(service = %self.spec.service.name, "gave up: {reason}");
                     self.status
@@ -337,14 +425,20 @@ impl Runner {
             });
             return Some(false);
         }
-        let restarts = self.status.borrow().restarts;
+        let delay = self.backoff.next_delay();
+        // Restarts count within a window that a long enough ready run (or an
+        // explicit start) opens anew: a crash a day never adds up to giving up.
+        let restarts = self.backoff.failures_in_window().saturating_sub(1);
         if policy.max_restarts.is_some_and(|max| restarts >= max) {
+            let window = policy.backoff.reset_after.as_secs();
             self.set(State::Failed {
-                reason: format!("gave up after {restarts} restarts; last: {reason}"),
+                reason: format!(
+                    "gave up after {restarts} {} in a row (none stayed ready for {window}s); last: {reason}",
+                    if restarts == 1 { "restart" } else { "restarts" }
+                ),
             });
             return Some(false);
         }
-        let delay = self.backoff.next_delay();
         let backoff = State::Backoff {
             next_try_unix_ms: unix_ms(SystemTime::now() + delay),
         };
@@ -356,7 +450,10 @@ impl Runner {
                 _ = &mut wake => return Some(true),
                 command = self.commands.recv() => match command {
                     None => return None,
-                    Some(Command::Start | Command::Restart) => return Some(true),
+                    Some(Command::Start | Command::Restart) => {
+                        self.backoff.reset();
+                        return Some(true);
+                    }
                     Some(Command::Stop(reply)) => {
                         self.set(State::Stopped);
                         let _ = reply.send(());
@@ -370,29 +467,29 @@ impl Runner {
         }
     }
 
-    /// Waits until every dependency meets its condition; a stop request meanwhile
-    /// is returned (`Some`), and so is the supervisor going away (`Some(None)`).
+    /// Waits until every dependency meets its condition, saying what it waits for
+    /// (and when that has failed); a stop request meanwhile is returned (`Some`),
+    /// and so is the supervisor going away (`Some(None)`).
     async fn await_dependencies(&mut self) -> Option<Option<oneshot::Sender<()>>> {
-        if self.dependencies.is_empty() {
-            return None;
-        }
-        self.set(State::Waiting);
         let mut dependencies = std::mem::take(&mut self.dependencies);
-        let all_met = async {
-            for (condition, status) in dependencies.iter_mut() {
-                let met = |s: &ServiceStatus| match condition {
-                    Condition::Started => s.state.is_started(),
-                    Condition::Ready => s.state == State::Ready,
-                };
-                if status.wait_for(met).await.is_err() {
-                    return false;
-                }
+        let interrupted = loop {
+            let Some(unmet) = dependencies.iter().find(|d| !d.is_met()) else {
+                break None;
+            };
+            self.set(State::Waiting {
+                reason: unmet.waiting_reason(),
+            });
+            let any_changed = futures_util::future::select_all(
+                dependencies
+                    .iter_mut()
+                    .map(|dependency| Box::pin(dependency.status.changed())),
+            );
+            tokio::select! {
+                (changed, _, _) = any_changed => if changed.is_err() {
+                    break Some(None);
+                },
+                command = wait_for_stop(&mut self.commands) => break Some(command),
             }
-            true
-        };
-        let interrupted = tokio::select! {
-            met = all_met => (!met).then_some(None),
-            command = wait_for_stop(&mut self.commands) => Some(command),
         };
         self.dependencies = dependencies;
         interrupted
@@ -409,36 +506,110 @@ impl Runner {
         let Some(broker) = broker else {
             return self.launch_with(None).await;
         };
-        let lease = match broker.acquire(&self.spec.service.name, &self.spec.gpu) {
+        let lease = match self.await_lease(&broker).await {
             Ok(lease) => lease,
-            Err(conflict) => return Outcome::GaveUp(conflict.message),
+            Err(outcome) => return outcome,
         };
         self.status
             .send_modify(|status| status.gpus.clone_from(&lease.devices));
-        let (outcome, main_pid) = {
-            let outcome = self.launch_with(Some(&lease)).await;
-            (outcome, self.last_pid)
-        };
-        broker.release(&lease, main_pid);
-        self.status.send_modify(|status| status.gpus.clear());
-        let name = self.spec.service.name.clone();
-        let logs = self.logs.clone();
-        tokio::spawn(async move {
-            if let Some(report) = broker.await_release(&name).await {
-                tracing::warn!(service = %name, "{report}");
-                // In the service's own log, where `nanny logs` shows it.
-                logs.push(&OutputLine {
-                    stream: Stream::Stderr,
-                    text: format!("nanny: {report}"),
-                });
+        let outcome = self.launch_with(Some(&lease)).await;
+        let (main_pid, launch) = (self.last_pid, self.launch_id.clone());
+        {
+            let (broker, launch) = (broker.clone(), launch.clone());
+            let released = tokio::task::spawn_blocking(move || {
+                broker.release(&lease, main_pid, &launch);
+            });
+            if let Err(error) = released.await {
+                tracing::error!("the GPU release check failed: {error}");
             }
-        });
+        }
+        self.status.send_modify(|status| status.gpus.clear());
+        // The release belongs to the launch that ends: confirmed (or reported)
+        // before the next launch exists, so the check can neither race the
+        // restart for the devices nor kill the new launch's processes, which it
+        // tells apart by NANNY_LAUNCH.
+        let name = &self.spec.service.name;
+        if let Some(report) = broker.await_release(name, &launch).await {
+            tracing::warn!(service = %name, "{report}");
+            // In the service's own log, where `nanny logs` shows it.
+            self.logs.push(&OutputLine {
+                stream: Stream::Stderr,
+                text: format!("nanny: {report}"),
+            });
+        }
         outcome
+    }
+
+    /// A lease for this launch. While other services hold the devices it needs,
+    /// the service waits (saying for whom) and tries again at each release, as a
+    /// queued start does; a request no release can satisfy fails it.
+    async fn await_lease(&mut self, broker: &Arc<GpuBroker>) -> Result<Lease, Outcome> {
+        loop {
+            let mut releases = broker.releases();
+            let acquired = {
+                let (broker, name, request) = (
+                    broker.clone(),
+                    self.spec.service.name.clone(),
+                    self.spec.gpu.clone(),
+                );
+                // It may ask nvidia-smi: off the async workers.
+                tokio::task::spawn_blocking(move || broker.acquire(&name, &request)).await
+            };
+            let acquired = match acquired {
+                Ok(acquired) => acquired,
+                Err(error) => {
+                    return Err(Outcome::GaveUp(format!("the GPU lease failed: {error}")))
+                }
+            };
+            let conflict = match acquired {
+                Ok(lease) => return Ok(lease),
+                Err(conflict) if conflict.holders.is_empty() => {
+                    return Err(Outcome::GaveUp(conflict.message))
+                }
+                Err(conflict) => conflict,
+            };
+            self.set(State::Waiting {
+                reason: format!(
+                    "waiting for GPUs held by {}: {}",
+                    conflict.holders.join(", "),
+                    conflict.message
+                ),
+            });
+            tokio::select! {
+                _ = releases.changed() => {}
+                stop = wait_for_stop(&mut self.commands) => return Err(Outcome::Stopped(stop)),
+            }
+        }
+    }
+
+    /// A start slot: at most `max_concurrent_starts` services load at once. A
+    /// queued service says so and still answers `stop` at once.
+    async fn start_slot(&mut self) -> Result<Option<OwnedSemaphorePermit>, Outcome> {
+        let starts = self.shared.starts.clone();
+        match starts.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(Some(permit)),
+            Err(TryAcquireError::Closed) => return Ok(None),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let queued = &self.shared.queued_starts;
+        let ahead = queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.set(State::Waiting {
+            reason: format!("queued for a start slot ({ahead} ahead)"),
+        });
+        let slot = tokio::select! {
+            permit = starts.acquire_owned() => Ok(permit.ok()),
+            stop = wait_for_stop(&mut self.commands) => Err(Outcome::Stopped(stop)),
+        };
+        queued.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        slot
     }
 
     async fn launch_with(&mut self, lease: Option<&Lease>) -> Outcome {
         // Held while starting: at most `max_concurrent_starts` load at once.
-        let permit = self.shared.starts.clone().acquire_owned().await.ok();
+        let permit = match self.start_slot().await {
+            Ok(permit) => permit,
+            Err(stopped) => return stopped,
+        };
         self.set(State::Starting {
             loading_percent: None,
         });
@@ -469,17 +640,34 @@ impl Runner {
             Err(error) => return Outcome::GaveUp(error.to_string()),
         };
         self.spec.probes.apply(&mut plan);
-        let (lines_in, lines) = mpsc::channel(256);
-        let ready_token = crate::secrets::random_token();
+        let (lines_in, lines) = mpsc::channel(PLUGIN_LINE_BACKLOG);
+        let logs = self.logs.clone();
+        let lines_in = LineSink::new(move |line| logs.push(line), lines_in);
+        let ready_token = match crate::secrets::random_token() {
+            Ok(token) => token,
+            Err(error) => {
+                return Outcome::Down {
+                    reason: format!("no random ready token: {error}"),
+                    clean: false,
+                }
+            }
+        };
         let process = match self.spawn_launch(&plan, &ready_token, lines_in).await {
             Ok(process) => process,
-            Err(reason) => return Outcome::GaveUp(reason),
+            Err(LaunchError::Transient(reason)) => {
+                return Outcome::Down {
+                    reason,
+                    clean: false,
+                }
+            }
+            Err(LaunchError::Fatal(reason)) => return Outcome::GaveUp(reason),
         };
         self.last_pid = process.pid();
         let container_id = process.container_id().map(str::to_string);
         self.status.send_modify(|status| {
             status.pid = process.pid();
             status.container_id = container_id;
+            status.launched_unix_ms = Some(unix_ms(SystemTime::now()));
         });
         let mut launch = Running {
             runner: self,
@@ -496,6 +684,7 @@ impl Runner {
         let mut ended = None;
         self.status.send_modify(|status| {
             status.pid = None;
+            status.launched_unix_ms = None;
             ended = status.container_id.take();
             status.models.clear();
         });
@@ -511,10 +700,16 @@ impl Runner {
         &mut self,
         plan: &Plan,
         ready_token: &str,
-        lines: mpsc::Sender<OutputLine>,
-    ) -> Result<Launched, String> {
+        lines: LineSink,
+    ) -> Result<Launched, LaunchError> {
         let name = self.spec.service.name.clone();
-        let mut extra = vec![("NANNY_SERVICE".to_string(), name.clone())];
+        self.launches += 1;
+        // Unique among this daemon's launches, and across daemons by the pid.
+        self.launch_id = format!("{name}.{}.{}", std::process::id(), self.launches);
+        let mut extra = vec![
+            ("NANNY_SERVICE".to_string(), name.clone()),
+            ("NANNY_LAUNCH".to_string(), self.launch_id.clone()),
+        ];
         let leased = self.status.borrow().gpus.join(",");
         if !leased.is_empty() {
             extra.push(("CUDA_VISIBLE_DEVICES".into(), leased));
@@ -536,9 +731,12 @@ impl Runner {
             env.extend(extra.iter().cloned());
             env
         };
-        self.launches += 1;
         match &plan.launch {
             Launch::Process(process) => {
+                let service = &self.spec.service;
+                // Retried under back-off: the holder may go away.
+                crate::runtime::ports::check_free(&service.host, service.port)
+                    .map_err(LaunchError::Transient)?;
                 let spec = ProcessSpec {
                     program: process.program.clone(),
                     args: process.args.clone(),
@@ -554,17 +752,23 @@ impl Runner {
                 });
                 spawn(&spec, cgroup, lines)
                     .map(Launched::Process)
-                    .map_err(|error| format!("cannot start `{}`: {error}", process.program))
+                    .map_err(|error| {
+                        let reason = format!("cannot start `{}`: {error}", process.program);
+                        if is_transient(&error) {
+                            LaunchError::Transient(reason)
+                        } else {
+                            LaunchError::Fatal(reason)
+                        }
+                    })
             }
             Launch::Container(plan) => {
                 let container = plan;
-                let docker = self.shared.docker().await?;
+                let docker = self.shared.docker().await.map_err(LaunchError::Fatal)?;
+                let suffix = crate::secrets::random_token()
+                    .map_err(|error| LaunchError::Transient(format!("no random name: {error}")))?;
                 let instance = &self.shared.instance;
                 let mut spec = ContainerSpec {
-                    name: format!(
-                        "nanny-{instance}-{name}-{}",
-                        &crate::secrets::random_token()[..8]
-                    ),
+                    name: format!("nanny-{instance}-{name}-{}", &suffix[..8]),
                     service: name.clone(),
                     instance: instance.clone(),
                     image: container.image.clone(),
@@ -594,17 +798,42 @@ impl Runner {
                         container::remove(&docker, &id).await;
                         container::run(&docker, &spec, lines).await
                     }
-                    None => container::run(&docker, &spec, lines).await,
+                    None => {
+                        crate::runtime::ports::check_free(&spec.host, spec.host_port)
+                            .map_err(LaunchError::Transient)?;
+                        container::run(&docker, &spec, lines).await
+                    }
                 };
                 if let Ok(handle) = &handle {
                     lock(&self.shared.live_containers).push(handle.id.clone());
                 }
                 handle.map(Launched::Container).map_err(|error| {
-                    format!("cannot start a container of `{}`: {error}", container.image)
+                    LaunchError::Fatal(format!(
+                        "cannot start a container of `{}`: {error}",
+                        container.image
+                    ))
                 })
             }
         }
     }
+}
+
+/// Why a launch did not happen.
+enum LaunchError {
+    /// The machine is short of something now (file descriptors, processes,
+    /// memory): back off and try again.
+    Transient(String),
+    /// Trying again cannot help.
+    Fatal(String),
+}
+
+/// Spawn errors that a later try may not meet: the daemon or the machine is out
+/// of file descriptors, processes or memory for the moment.
+fn is_transient(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM | libc::ENOBUFS)
+    )
 }
 
 /// Returns the reply channel of the next stop request (`None`: supervisor gone);
@@ -783,8 +1012,8 @@ impl Running<'_> {
         }
     }
 
+    /// The line is in the log already (the sink put it there); the plugin reads it.
     async fn on_line(&mut self, line: OutputLine) -> Result<Progress, String> {
-        self.runner.logs.push(&line);
         if self.tail.len() == EXIT_LINES {
             self.tail.pop_front();
         }
@@ -848,8 +1077,16 @@ impl Running<'_> {
             .await
         {
             Ok(Ok(models)) => self.runner.status.send_modify(|status| {
+                if models.len() > MAX_MODELS {
+                    tracing::warn!(
+                        service = %name,
+                        "the backend lists {} models; nanny keeps the first {MAX_MODELS}",
+                        models.len()
+                    );
+                }
                 status.models = models
                     .into_iter()
+                    .take(MAX_MODELS)
                     .map(|model| ModelInfo {
                         id: model.id,
                         owned_by: model.owned_by,
@@ -898,12 +1135,6 @@ impl Running<'_> {
         }
         outcome
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Every five minutes: this instance's containers that no launch runs and nobody

@@ -10,8 +10,11 @@ use serde::Serialize;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     Stopped,
-    /// Waiting for the services it depends on.
-    Waiting,
+    /// Waiting to launch: for the services it depends on, a start slot or a GPU;
+    /// `reason` says which (`waiting for cache, which failed: …`).
+    Waiting {
+        reason: String,
+    },
     Starting {
         loading_percent: Option<u8>,
     },
@@ -32,7 +35,7 @@ impl State {
     pub fn name(&self) -> &'static str {
         match self {
             State::Stopped => "stopped",
-            State::Waiting => "waiting",
+            State::Waiting { .. } => "waiting",
             State::Starting { .. } => "starting",
             State::Ready => "ready",
             State::Unhealthy { .. } => "unhealthy",
@@ -62,6 +65,8 @@ pub struct ServiceStatus {
     pub since_unix_ms: u64,
     pub pid: Option<i32>,
     pub container_id: Option<String>,
+    /// When the running launch began (its uptime counts from here).
+    pub launched_unix_ms: Option<u64>,
     pub port: u16,
     pub restarts: u32,
     pub last_failure: Option<String>,
@@ -89,6 +94,7 @@ impl ServiceStatus {
             since_unix_ms: unix_ms(SystemTime::now()),
             pid: None,
             container_id: None,
+            launched_unix_ms: None,
             port,
             restarts: 0,
             last_failure: None,
