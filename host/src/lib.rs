@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod files;
 pub mod gpu;
 pub mod locks;
 pub mod metrics;

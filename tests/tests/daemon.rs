@@ -291,3 +291,49 @@ fn config_check_finds_what_only_a_launch_would() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_picked_port_stays_with_its_service_when_another_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    let range = nanny_tests::port_range_line();
+    std::fs::write(
+        &config,
+        format!("[daemon]\n{range}\n\n[services.web]\nbackend = \"mock\"\n"),
+    )
+    .unwrap();
+    let mut daemon = Daemon::up(&config, dir.path());
+    let ready = daemon.expect(|line| line.starts_with("[web] ready on "));
+    let port: u64 = ready.rsplit(' ').next().unwrap().parse().unwrap();
+    daemon.signal(libc::SIGINT);
+    daemon.expect(|line| line == "nanny: all services stopped");
+    assert_eq!(daemon.wait(), Some(0));
+
+    // `api` sorts first and would have taken the first free port of the range.
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\n{range}\n\n[services.api]\nbackend = \"mock\"\n\n[services.web]\nbackend = \"mock\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = nanny(
+        &["config", "show", "--json", config.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let port_of = |name: &str| {
+        shown["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["port"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port_of("web"), port, "web keeps its port");
+    assert_ne!(port_of("api"), port);
+}

@@ -43,6 +43,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(checked) => checked,
         Err(code) => return Ok(code),
     };
+    if let Err(error) = config.remember_ports(&specs) {
+        tracing::warn!("cannot remember the ports picked: {error}");
+    }
     let token = match read_token(config.daemon.token_file.as_deref()) {
         Ok(token) => token,
         Err(message) => {

@@ -177,6 +177,7 @@ impl Config {
         let mut ports = PortPicker::new(
             self.daemon.port_range,
             self.services.iter().filter_map(|s| s.raw.port),
+            self.remembered_ports(),
         );
         for declared in &self.services {
             let source = self.source_of(declared);
@@ -198,7 +199,7 @@ impl Config {
             let depends_on = self.dependencies(&source, declared, &mut errors);
             let gpu = gpu_request(&source, declared, &mut errors);
             let health_path = health_path(&source, declared, &mut errors);
-            let Some(port) = raw.port.or_else(|| ports.next()) else {
+            let Some(port) = raw.port.or_else(|| ports.pick(&declared.name)) else {
                 errors.push(source.error(
                     declared.name_offset,
                     declared.key("port"),
@@ -709,20 +710,78 @@ fn restart_policy(setting: &RestartSetting) -> RestartPolicy {
     }
 }
 
-/// Free ports from the range, skipping configured ones and ports in use.
+/// Where the ports nanny picked are remembered, under `state_dir`.
+const PORTS_FILE: &str = "ports.json";
+
+impl Config {
+    /// The ports picked for services in earlier runs, by service.
+    fn remembered_ports(&self) -> BTreeMap<String, u16> {
+        std::fs::read(self.daemon.state_dir.join(PORTS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Remembers the ports picked for services that configure none, so that the
+    /// next run gives each the same one: adding a service moves nobody else's,
+    /// and a container adopted after `kill -9` keeps the port it holds.
+    pub fn remember_ports(&self, specs: &[ServiceSpec]) -> std::io::Result<()> {
+        let mut remembered = self.remembered_ports();
+        for spec in specs {
+            let configured = self
+                .services
+                .iter()
+                .any(|declared| declared.name == spec.service.name && declared.raw.port.is_some());
+            if !configured {
+                remembered.insert(spec.service.name.clone(), spec.service.port);
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&remembered).map_err(std::io::Error::other)?;
+        crate::files::write_atomically(&self.daemon.state_dir.join(PORTS_FILE), &bytes)
+    }
+}
+
+/// Ports for services that configure none: the one remembered for the service
+/// when it is still in the range and nobody else's, else the next free one,
+/// skipping configured and remembered ports and ports in use.
 struct PortPicker {
     next: u32,
     last: u32,
     taken: Vec<u16>,
+    remembered: BTreeMap<String, u16>,
 }
 
 impl PortPicker {
-    fn new([first, last]: [u16; 2], taken: impl Iterator<Item = u16>) -> Self {
+    fn new(
+        [first, last]: [u16; 2],
+        configured: impl Iterator<Item = u16>,
+        remembered: BTreeMap<String, u16>,
+    ) -> Self {
+        let configured: Vec<u16> = configured.collect();
+        let range = first..=last;
+        // A remembered port that is now configured for someone is forgotten.
+        let remembered: BTreeMap<String, u16> = remembered
+            .into_iter()
+            .filter(|(_, port)| range.contains(port) && !configured.contains(port))
+            .collect();
+        let mut taken = configured;
+        taken.extend(remembered.values());
         Self {
             next: u32::from(first),
             last: u32::from(last),
-            taken: taken.collect(),
+            taken,
+            remembered,
         }
+    }
+
+    /// The port for `service`. Its remembered port is kept even if something
+    /// listens there now: that may be its own adopted container, and a real
+    /// conflict is named at launch.
+    fn pick(&mut self, service: &str) -> Option<u16> {
+        if let Some(port) = self.remembered.get(service) {
+            return Some(*port);
+        }
+        self.next()
     }
 
     fn next(&mut self) -> Option<u16> {

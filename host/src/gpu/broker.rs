@@ -270,13 +270,7 @@ impl GpuBroker {
         let Ok(bytes) = serde_json::to_vec_pretty(&table) else {
             return;
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let temporary = path.with_extension("json.tmp");
-        let written =
-            std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-        if let Err(error) = written {
+        if let Err(error) = crate::files::write_atomically(path, &bytes) {
             tracing::warn!(
                 "cannot checkpoint the GPU leases to {}: {error}",
                 path.display()

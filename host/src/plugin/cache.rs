@@ -118,6 +118,7 @@ fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
     format!("{hex}.cwasm")
 }
 
+/// The shared atomic write, into a directory that only this user may write.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -127,13 +128,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let temporary = dir.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+    crate::files::write_atomically(path, bytes)
 }
 
 #[cfg(test)]

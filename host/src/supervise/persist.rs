@@ -42,12 +42,7 @@ fn save(path: &Path, statuses: &[watch::Receiver<ServiceStatus>]) -> std::io::Re
         })
         .collect();
     let bytes = serde_json::to_vec_pretty(&memory).map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+    crate::files::write_atomically(path, &bytes)
 }
 
 /// Saves after every burst of state changes until the supervisor is gone.
