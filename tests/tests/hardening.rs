@@ -425,3 +425,23 @@ fn idle_sockets_cannot_exhaust_the_daemon() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(state_of(&daemon, "chat"), "ready");
 }
+
+#[test]
+fn oversized_requests_get_json_errors_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = chat_ready(dir.path());
+    let host = daemon.url.trim_start_matches("http://").to_string();
+    let long_target = format!(
+        "GET /v1/services?{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let (status, body) = raw(&daemon, long_target.as_bytes());
+    assert_eq!(status, 414);
+    assert!(body.contains("\"uri_too_long\""), "{body}");
+    let many_headers: String = (0..150).map(|n| format!("X-Filler-{n}: x\r\n")).collect();
+    let request =
+        format!("GET /v1/info HTTP/1.1\r\nHost: {host}\r\n{many_headers}Connection: close\r\n\r\n");
+    let (status, body) = raw(&daemon, request.as_bytes());
+    assert_eq!(status, 431);
+    assert!(body.contains("\"headers_too_large\""), "{body}");
+}

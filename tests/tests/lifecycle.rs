@@ -325,3 +325,29 @@ async fn a_port_held_by_another_program_is_named_and_waited_out() {
     .await;
     supervisor.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_cancels_a_queued_start_and_launches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("launched");
+    // `slow` holds the only start slot (never ready); `queued` waits for it to
+    // be started, then for the slot.
+    let slow = script("slow", "exec sleep 1000");
+    let mut queued = script("queued", &format!("touch {}; {SERVE}", marker.display()));
+    queued.depends_on = vec![("slow".into(), Condition::Started)];
+    let supervisor =
+        Supervisor::launch(vec![slow, queued], SupervisorOptions::in_memory(1)).unwrap();
+    let mut status = supervisor.watch("queued").unwrap();
+    until(&mut status, "queued for the slot", |s| {
+        waiting_reason(s).is_some_and(|reason| reason.starts_with("queued for a start slot"))
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), supervisor.shutdown())
+        .await
+        .expect("shutdown does not wait behind the start queue");
+    assert!(!marker.exists(), "nothing launched once shutdown began");
+    assert_eq!(
+        supervisor.watch("queued").unwrap().borrow().state,
+        State::Stopped
+    );
+}

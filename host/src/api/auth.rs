@@ -130,7 +130,42 @@ fn cross_site(request: &Request) -> Option<(StatusCode, String)> {
 /// preflight to send it too.
 pub const CLIENT_HEADER: &str = "x-nanny-client";
 
+/// The longest request target and the most header bytes and headers a request
+/// may carry: no route needs more, and beyond them the answer is JSON like
+/// every other error (hyper's own limits, far higher, answer with no body).
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const MAX_HEADERS: usize = 100;
+
+fn oversized(request: &Request) -> Option<ApiError> {
+    let target = request.uri().to_string().len();
+    if target > MAX_TARGET_BYTES {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target} bytes; at most {MAX_TARGET_BYTES}"),
+        ));
+    }
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES || headers.len() > MAX_HEADERS {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "{} headers of {bytes} bytes; at most {MAX_HEADERS} and {MAX_HEADER_BYTES}",
+                headers.len()
+            ),
+        ));
+    }
+    None
+}
+
 pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    if let Some(error) = oversized(&request) {
+        return error.into_response();
+    }
     let access = &api.access;
     if access.listen.ip().is_loopback() {
         if let Some(problem) = foreign_host(&request) {

@@ -703,6 +703,10 @@ impl Runner {
         lines: LineSink,
     ) -> Result<Launched, LaunchError> {
         let name = self.spec.service.name.clone();
+        #[cfg(test)]
+        if tests::PANIC_AT_NEXT_LAUNCH.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected by a test");
+        }
         self.launches += 1;
         // Unique among this daemon's launches, and across daemons by the pid.
         self.launch_id = format!("{name}.{}.{}", std::process::id(), self.launches);
@@ -1148,5 +1152,54 @@ async fn reconcile(shared: Shared, docker: bollard::Docker) {
         if removed > 0 {
             tracing::info!("removed {removed} container(s) nothing runs");
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::plugin::{Catalog, Limits, PluginEngine, Setting};
+    use crate::supervise::{Supervisor, SupervisorOptions};
+
+    /// Makes the next launch (of any service in this test binary) panic.
+    pub static PANIC_AT_NEXT_LAUNCH: AtomicBool = AtomicBool::new(false);
+
+    #[tokio::test]
+    async fn a_panic_in_supervision_fails_the_service_and_start_works_again() {
+        let engine = PluginEngine::new(Limits::default(), None).unwrap();
+        let catalog = Catalog::load(&engine, &[]);
+        let settings = vec![
+            Setting::list("command", &["sh", "-c", "echo READY; exec sleep 1000"]),
+            Setting::text("ready_line", "^READY"),
+            Setting::text("health_path", ""),
+        ];
+        let mut spec = ServiceSpec::new(
+            Service::local("fragile", 1, settings),
+            catalog.get("command").unwrap().clone(),
+        );
+        spec.autostart = false;
+        let supervisor = Supervisor::launch(vec![spec], SupervisorOptions::in_memory(1)).unwrap();
+        let mut status = supervisor.watch("fragile").unwrap();
+        PANIC_AT_NEXT_LAUNCH.store(true, Ordering::SeqCst);
+        supervisor.start("fragile").await.unwrap();
+        let failed = status
+            .wait_for(|s| matches!(s.state, State::Failed { .. }))
+            .await
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(&failed.state, State::Failed { reason } if reason.contains("panicked: injected by a test")),
+            "{failed:?}"
+        );
+        supervisor.start("fragile").await.unwrap();
+        let ready = status
+            .wait_for(|s| s.state == State::Ready)
+            .await
+            .unwrap()
+            .clone();
+        assert!(ready.pid.is_some());
+        supervisor.shutdown().await;
     }
 }
