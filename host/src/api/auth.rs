@@ -87,7 +87,7 @@ fn foreign_host(request: &Request) -> Option<String> {
 /// "simple" POST anywhere without asking. A request passes when it is
 /// same-origin and non-simple, so a browser would have had to preflight it, and
 /// nanny answers no preflight.
-fn cross_site(request: &Request) -> Option<(StatusCode, String)> {
+fn cross_site(request: &Request, must_be_non_simple: bool) -> Option<(StatusCode, String)> {
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -116,7 +116,7 @@ fn cross_site(request: &Request) -> Option<(StatusCode, String)> {
         .is_some_and(|kind| kind.trim_start().starts_with("application/json"));
     let non_simple =
         json || headers.contains_key(header::AUTHORIZATION) || headers.contains_key(CLIENT_HEADER);
-    if !non_simple {
+    if must_be_non_simple && !non_simple {
         let message = format!(
             "{} needs `Content-Type: application/json`, `Authorization` or an `{CLIENT_HEADER}` header, which a web page cannot send unasked",
             request.method()
@@ -173,12 +173,10 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
             return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
         }
     }
-    if let Some((status, message)) = cross_site(&request) {
-        return ApiError::new(status, message).into_response();
-    }
     let path = request.uri().path();
+    let ready_callback = path.starts_with("/v1/services/") && path.ends_with("/ready");
     // /health is open; a ready callback carries its own per-launch token.
-    let open = path == "/health" || (path.starts_with("/v1/services/") && path.ends_with("/ready"));
+    let open = path == "/health" || ready_callback;
     if let (Some(token), false) = (&access.token, open) {
         match bearer(request.headers()) {
             None => {
@@ -190,6 +188,11 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
             }
             Some(_) => {}
         }
+    }
+    // After the token: a caller without credentials learns that first. The
+    // ready callback needs `Authorization` (non-simple) and says so itself.
+    if let Some((status, message)) = cross_site(&request, !ready_callback) {
+        return ApiError::new(status, message).into_response();
     }
     next.run(request).await
 }

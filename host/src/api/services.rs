@@ -152,8 +152,8 @@ async fn wait_for(
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 424, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 424, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn start(
     State(api): Api,
     Path(name): Path<String>,
@@ -166,7 +166,8 @@ pub async fn start(
 #[utoipa::path(post, path = "/v1/services/{name}/stop", tag = "services",
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody)))]
 pub async fn stop(
     State(api): Api,
     Path(name): Path<String>,
@@ -190,8 +191,8 @@ pub async fn stop(
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$"), ActionQuery),
     responses((status = 200, description = "Asked (or, with wait, done); the service now", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 424, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 424, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn restart(
     State(api): Api,
     Path(name): Path<String>,
