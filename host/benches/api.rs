@@ -57,6 +57,7 @@ fn main() {
             },
             closing: closed,
             ready_calls: api::RateLimit::default(),
+            reload: None,
         });
         tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
         (address, supervisor, closing)

@@ -337,3 +337,64 @@ fn a_picked_port_stays_with_its_service_when_another_is_added() {
     assert_eq!(port_of("web"), port, "web keeps its port");
     assert_ne!(port_of("api"), port);
 }
+
+#[test]
+fn reload_adds_removes_and_restarts_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    let range = nanny_tests::port_range_line();
+    let write =
+        |services: &str| std::fs::write(&config, format!("[daemon]\n{range}\n{services}")).unwrap();
+    let mock = |name: &str, model: &str| {
+        format!(
+            "\n[services.{name}]\nbackend = \"mock\"\nsettings = {{ models = [\"{model}\"] }}\n"
+        )
+    };
+    write(&(mock("gone", "g") + &mock("kept", "k") + &mock("edited", "e1")));
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect_each(&["[gone] ready on ", "[kept] ready on ", "[edited] ready on "]);
+    let service =
+        |name: &str| nanny_tests::call("GET", &format!("{}/v1/services/{name}", daemon.url), None);
+    let kept_pid = service("kept").1["pid"].clone();
+    let edited_pid = service("edited").1["pid"].clone();
+
+    // A broken configuration is refused whole: nothing changes.
+    write(&(mock("kept", "k") + "\n[services.broken]\nbackend = \"no-such\"\n"));
+    let (status, body) = nanny_tests::call("POST", &format!("{}/v1/reload", daemon.url), None);
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no backend named `no-such`"));
+    assert_eq!(service("gone").1["state"], "ready");
+
+    write(&(mock("kept", "k") + &mock("edited", "e2") + &mock("added", "a")));
+    let cli = std::process::Command::new(nanny_tests::nanny_bin())
+        .args(["reload", "--json", "--url", &daemon.url])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(report["added"], serde_json::json!(["added"]));
+    assert_eq!(report["removed"], serde_json::json!(["gone"]));
+    assert_eq!(report["changed"], serde_json::json!(["edited"]));
+    assert_eq!(report["unchanged"], serde_json::json!(["kept"]));
+
+    daemon.expect_each(&["[added] ready on ", "[edited] ready on "]);
+    assert_eq!(service("gone").0, 404);
+    assert_eq!(service("kept").1["pid"], kept_pid, "untouched");
+    let edited = service("edited").1;
+    assert_ne!(edited["pid"], edited_pid, "restarted from its new spec");
+    assert_eq!(edited["models"][0]["id"], "e2");
+
+    // SIGHUP does the same.
+    write(&mock("kept", "k"));
+    daemon.signal(libc::SIGHUP);
+    daemon.expect(|line| line.starts_with("nanny: reloaded: added none; removed added, edited"));
+    assert_eq!(service("added").0, 404);
+    assert_eq!(service("kept").1["pid"], kept_pid);
+}

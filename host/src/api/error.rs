@@ -61,6 +61,7 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::SERVICE_UNAVAILABLE => "shutting_down",
         StatusCode::FAILED_DEPENDENCY => "dependency_failed",
         StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_configuration",
         StatusCode::URI_TOO_LONG => "uri_too_long",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
         status if status.is_client_error() => "bad_request",

@@ -41,7 +41,19 @@ pub struct ApiState {
     pub closing: watch::Receiver<bool>,
     /// The ready callback needs no daemon token: it is rate-limited instead.
     pub ready_calls: RateLimit,
+    /// Re-reads the configuration and applies it (`POST /v1/reload`); `None`
+    /// where the supervisor was not made from a file.
+    pub reload: Option<ReloadHook>,
 }
+
+/// How the API asks for a reload: the daemon knows where its configuration is.
+pub type ReloadHook = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<
+            'static,
+            Result<crate::supervise::ReloadReport, String>,
+        > + Send
+        + Sync,
+>;
 
 /// A token bucket: `burst` calls at once, `per_second` more each second.
 pub struct RateLimit {
@@ -92,6 +104,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/info", get(system::info))
         .route("/v1/plugins", get(system::plugins))
         .route("/v1/gpus", get(system::gpus))
+        .route("/v1/reload", post(system::reload))
         .route("/v1/models", get(services::all_models))
         .route("/v1/events", get(streams::events))
         .route("/v1/services", get(services::list))

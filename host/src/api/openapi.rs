@@ -11,6 +11,7 @@ use super::{services, streams, system};
     info(title = "nanny", description = "A supervisor for model servers: services, their state, logs, events and models."),
     paths(
         system::health, system::info, system::plugins, system::gpus, system::metrics, system::openapi,
+        system::reload,
         services::list, services::one, services::models, services::all_models,
         services::start, services::stop, services::restart, services::ready,
         streams::logs, streams::events,

@@ -8,7 +8,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::views::{HealthView, InfoView, PluginView};
+use super::error::{ApiError, ErrorBody};
+use super::views::{HealthView, InfoView, PluginView, ReloadView};
 use super::ApiState;
 use crate::gpu::GpuSnapshot;
 use crate::supervise::State as ServiceState;
@@ -58,6 +59,31 @@ pub async fn info(State(api): State<Arc<ApiState>>) -> Json<InfoView> {
     responses((status = 200, body = [PluginView])))]
 pub async fn plugins(State(api): State<Arc<ApiState>>) -> Json<Vec<PluginView>> {
     Json(api.plugins.iter().map(PluginView::from).collect())
+}
+
+/// Re-reads the configuration file and the services directory and applies
+/// them: new services added, removed ones stopped, changed ones restarted,
+/// the rest untouched. A configuration with errors changes nothing.
+#[utoipa::path(post, path = "/v1/reload", tag = "daemon",
+    responses((status = 200, body = ReloadView),
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn reload(State(api): State<Arc<ApiState>>) -> Result<Json<ReloadView>, ApiError> {
+    let Some(reload) = &api.reload else {
+        return Err(ApiError::conflict(
+            "this daemon was not started from a configuration file",
+        ));
+    };
+    if api.supervisor.is_shutting_down() {
+        return Err(crate::supervise::SuperviseError::ShuttingDown.into());
+    }
+    match reload().await {
+        Ok(report) => Ok(Json(ReloadView::from(report))),
+        Err(message) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the configuration was not applied: {message}"),
+        )),
+    }
 }
 
 /// The GPUs: memory used and total, leases and their holders, memory that

@@ -274,6 +274,30 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
+/// What `POST /v1/reload` did, by service name.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReloadView {
+    /// New services (started if `autostart`).
+    pub added: Vec<String>,
+    /// Services no longer configured, now stopped.
+    pub removed: Vec<String>,
+    /// Services whose configuration changed: stopped, and started again from it if they were up.
+    pub changed: Vec<String>,
+    /// Services left alone.
+    pub unchanged: Vec<String>,
+}
+
+impl From<crate::supervise::ReloadReport> for ReloadView {
+    fn from(report: crate::supervise::ReloadReport) -> Self {
+        Self {
+            added: report.added,
+            removed: report.removed,
+            changed: report.changed,
+            unchanged: report.unchanged,
+        }
+    }
+}
+
 /// Which past state changes `GET /v1/events` sends before the live ones.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

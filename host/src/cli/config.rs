@@ -19,19 +19,24 @@ pub struct Checked {
 /// Loads `path` and checks it against the plugins, or prints every error and
 /// returns the exit code.
 pub fn load_checked(path: &Path) -> Result<Checked, ExitCode> {
-    let config = Config::load(path).map_err(|errors| {
-        eprintln!("{errors}");
-        ExitCode::from(2)
-    })?;
+    load(path).map_err(|(message, code)| {
+        eprintln!("{message}");
+        code
+    })
+}
+
+/// `load_checked` for a reload: every error, as text.
+pub fn load_for_reload(path: &Path) -> Result<Checked, String> {
+    load(path).map_err(|(message, _)| message)
+}
+
+fn load(path: &Path) -> Result<Checked, (String, ExitCode)> {
+    let config = Config::load(path).map_err(|errors| (errors.to_string(), ExitCode::from(2)))?;
     let catalog = super::load_catalog(&config.daemon.state_dir, &config.daemon.plugin_dirs)
-        .map_err(|error| {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        })?;
-    let specs = config.service_specs(&catalog).map_err(|errors| {
-        eprintln!("{errors}");
-        ExitCode::from(2)
-    })?;
+        .map_err(|error| (format!("error: {error:#}"), ExitCode::FAILURE))?;
+    let specs = config
+        .service_specs(&catalog)
+        .map_err(|errors| (errors.to_string(), ExitCode::from(2)))?;
     Ok(Checked {
         config,
         catalog,

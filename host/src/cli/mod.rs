@@ -42,6 +42,12 @@ pub enum Command {
     /// Supervise one backend in the foreground without a config file:
     /// `nanny run vllm --model Qwen/Qwen2.5-0.5B --port 8000`.
     Run(run::RunArgs),
+    /// Re-read the daemon's configuration and apply it: new services added,
+    /// removed ones stopped, changed ones restarted, the rest untouched.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// The services: name, backend, state, uptime, port, GPUs, restarts, models, reason.
     Ps {
         #[arg(long)]
@@ -169,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Ps { json } => remote(remote::ps(&client, json)),
+        Command::Reload { json } => remote(remote::reload(&client, json)),
         Command::Start { action, force } => {
             let verb = if force {
                 remote::Verb::ForceStart

@@ -263,6 +263,26 @@ pub fn events(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `nanny reload`.
+pub fn reload(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    let report: crate::api::views::ReloadView = client.post("/v1/reload")?;
+    if json {
+        print_json(&report);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (what, names) in [
+        ("added", &report.added),
+        ("removed", &report.removed),
+        ("changed", &report.changed),
+    ] {
+        if !names.is_empty() {
+            println!("{what}: {}", names.join(", "));
+        }
+    }
+    println!("{} unchanged", report.unchanged.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `nanny gpus`.
 pub fn gpus(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
     let snapshot: GpuSnapshot = client.get("/v1/gpus")?;

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::config::Checked;
 use crate::api::{self, Access, ApiState};
 use crate::gpu::{GpuBroker, Inventory};
-use crate::supervise::{State, StateChange, Supervisor, SupervisorOptions};
+use crate::supervise::{ReloadReport, State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if !path.exists() {
@@ -116,6 +116,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             access,
             closing: closed.clone(),
             ready_calls: api::RateLimit::default(),
+            reload: Some(reload_hook(supervisor.clone(), path.to_path_buf())),
         });
         let limits = api::ConnectionLimits {
             max_connections: config.daemon.max_connections,
@@ -135,7 +136,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
-                _ = hangup.recv() => say!("nanny: SIGHUP: still running (configuration reload is not available yet)"),
+                _ = hangup.recv() => {
+                    say!("nanny: SIGHUP: reloading {}", path.display());
+                    match reload_from(&supervisor, path).await {
+                        Ok(report) => say!("nanny: {}", describe_reload(&report)),
+                        Err(message) => say!("nanny: reload refused, nothing changed:\n{message}"),
+                    }
+                }
             }
         }
         say!("nanny: stopping every service (a second signal forces)");
@@ -164,6 +171,46 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// Re-reads `path` (and its services directory) and applies it; the daemon's
+/// own settings (address, state directory, token) take effect at the next start.
+async fn reload_from(supervisor: &Supervisor, path: &Path) -> Result<ReloadReport, String> {
+    let owned = path.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || super::config::load_for_reload(&owned))
+        .await
+        .map_err(|error| error.to_string())??;
+    if let Err(error) = checked.config.remember_ports(&checked.specs) {
+        tracing::warn!("cannot remember the ports picked: {error}");
+    }
+    supervisor
+        .reload(checked.specs)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+fn reload_hook(supervisor: Arc<Supervisor>, path: PathBuf) -> api::ReloadHook {
+    Arc::new(move || {
+        let (supervisor, path) = (supervisor.clone(), path.clone());
+        Box::pin(async move { reload_from(&supervisor, &path).await })
+    })
+}
+
+fn describe_reload(report: &ReloadReport) -> String {
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    format!(
+        "reloaded: added {}; removed {}; changed {}; {} unchanged",
+        list(&report.added),
+        list(&report.removed),
+        list(&report.changed),
+        report.unchanged.len()
+    )
 }
 
 /// The daemon's token: `NANNY_TOKEN`, else the first line of `token_file`.

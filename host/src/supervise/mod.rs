@@ -76,17 +76,41 @@ struct ServiceHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<ServiceStatus>,
     logs: Arc<LogBook>,
-    task: JoinHandle<()>,
+    /// Ends with the status channel, so a reload can hand it to the service's
+    /// next runner and its dependents keep watching the same one.
+    task: JoinHandle<watch::Sender<ServiceStatus>>,
+    /// What the service was started from, to tell a changed one on reload.
+    fingerprint: String,
+}
+
+/// The configured services: who they are, in what order, needing what. One
+/// lock, never held across an await; a reload swaps it whole.
+#[derive(Default)]
+struct Topology {
+    services: BTreeMap<String, ServiceHandle>,
+    order: Vec<String>,
+    graph: Graph,
+    /// What each service asks of the GPUs.
+    gpu_requests: BTreeMap<String, GpuRequest>,
+}
+
+/// What a reload did, by service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
 }
 
 /// The running services.
 pub struct Supervisor {
-    services: BTreeMap<String, ServiceHandle>,
-    order: Vec<String>,
-    /// Each service's direct dependencies.
-    graph: BTreeMap<String, Vec<String>>,
-    /// What each service asks of the GPUs.
-    gpu_requests: BTreeMap<String, GpuRequest>,
+    topology: std::sync::RwLock<Topology>,
+    shared: Shared,
+    log_dir: Option<PathBuf>,
+    log_ring_bytes: usize,
+    /// Restart totals and last failures from the state file, for new services.
+    remembered: BTreeMap<String, persist::Remembered>,
     gpus: Option<Arc<GpuBroker>>,
     instance: String,
     events: Arc<EventLog>,
@@ -95,6 +119,8 @@ pub struct Supervisor {
     /// Set once `shutdown` begins: nothing starts after that.
     shutting_down: AtomicBool,
     log_writer: Option<LogWriter>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +137,53 @@ pub enum SuperviseError {
     GpuConflict(Conflict),
 }
 
+/// Each service's direct dependencies.
+type Graph = BTreeMap<String, Vec<String>>;
+
+/// The dependency graph of `specs` and an order that respects it, or why there
+/// is none.
+fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseError> {
+    let graph: Graph = specs
+        .iter()
+        .map(|spec| {
+            (
+                spec.service.name.clone(),
+                spec.depends_on
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    for (service, dependencies) in &graph {
+        if let Some(missing) = dependencies.iter().find(|d| !graph.contains_key(*d)) {
+            return Err(SuperviseError::UnknownDependency {
+                service: service.clone(),
+                missing: missing.clone(),
+            });
+        }
+    }
+    let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
+    Ok((graph, order))
+}
+
+/// Everything a service is started from, as text: equal fingerprints, same
+/// service (a reload leaves it alone).
+fn fingerprint(spec: &ServiceSpec) -> String {
+    format!(
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        spec.service,
+        spec.plugin.name(),
+        spec.plugin.info.version,
+        spec.restart,
+        spec.startup_timeout,
+        spec.depends_on,
+        spec.autostart,
+        spec.probes,
+        spec.gpu
+    )
+}
+
 impl Supervisor {
     /// Starts one task per service; those with `autostart` launch once their
     /// dependencies meet their conditions.
@@ -118,27 +191,7 @@ impl Supervisor {
         specs: Vec<ServiceSpec>,
         options: SupervisorOptions,
     ) -> Result<Self, SuperviseError> {
-        let graph: BTreeMap<String, Vec<String>> = specs
-            .iter()
-            .map(|spec| {
-                (
-                    spec.service.name.clone(),
-                    spec.depends_on
-                        .iter()
-                        .map(|(name, _)| name.clone())
-                        .collect(),
-                )
-            })
-            .collect();
-        for (service, dependencies) in &graph {
-            if let Some(missing) = dependencies.iter().find(|d| !graph.contains_key(*d)) {
-                return Err(SuperviseError::UnknownDependency {
-                    service: service.clone(),
-                    missing: missing.clone(),
-                });
-            }
-        }
-        let order = dependency_order(&graph).map_err(SuperviseError::Cycle)?;
+        let (graph, order) = plan_order(&specs)?;
         let events = Arc::new(EventLog::default());
         let first_events = events.subscribe();
         let saver_events = events.subscribe();
@@ -159,54 +212,10 @@ impl Supervisor {
             adoptable: Arc::default(),
             live_containers: Arc::default(),
         };
-        let mut specs = specs;
-        for spec in &mut specs {
-            fill_vram_estimate(spec);
-        }
-        let gpu_requests = specs
-            .iter()
-            .map(|spec| (spec.service.name.clone(), spec.gpu.clone()))
-            .collect();
         if options.containers_at_start {
             let shared = shared.clone();
             tokio::spawn(async move { shared.docker().await });
         }
-        let channels: BTreeMap<String, watch::Sender<ServiceStatus>> = specs
-            .iter()
-            .map(|spec| {
-                let mut status = ServiceStatus::new(
-                    &spec.service.name,
-                    spec.plugin.name(),
-                    &spec.plugin.info.version,
-                    spec.service.port,
-                );
-                if let Some(earlier) = remembered.get(&spec.service.name) {
-                    status.restarts = earlier.restarts;
-                    status.last_failure = earlier.last_failure.clone();
-                }
-                (spec.service.name.clone(), watch::channel(status).0)
-            })
-            .collect();
-        // Every dependency's receiver is taken before any sender moves into its
-        // task: names in any order, dependencies before or after their dependents.
-        let wiring: Vec<_> = specs
-            .into_iter()
-            .map(|spec| {
-                let dependencies: Vec<Dependency> = spec
-                    .depends_on
-                    .iter()
-                    .filter_map(|(name, condition)| {
-                        Some(Dependency {
-                            name: name.clone(),
-                            condition: *condition,
-                            status: channels.get(name)?.subscribe(),
-                        })
-                    })
-                    .collect();
-                (spec, dependencies)
-            })
-            .collect();
-        let mut channels = channels;
         let log_writer = match options.log_dir {
             Some(_) => match LogWriter::start() {
                 Ok(writer) => Some(writer),
@@ -217,61 +226,252 @@ impl Supervisor {
             },
             None => None,
         };
-        let mut services: BTreeMap<String, ServiceHandle> = BTreeMap::new();
-        for (spec, dependencies) in wiring {
-            let Some(status) = channels.remove(&spec.service.name) else {
-                continue;
-            };
-            let receiver = status.subscribe();
-            let (commands, inbox) = mpsc::channel(16);
-            let name = spec.service.name.clone();
-            let file = options.log_dir.as_deref().zip(log_writer.as_ref());
-            let logs = Arc::new(LogBook::new(&name, options.log_ring_bytes, file));
-            let runner = Runner::new(
-                spec,
-                shared.clone(),
-                status,
-                inbox,
-                dependencies,
-                logs.clone(),
-            );
-            let task = tokio::spawn(runner.run());
-            services.insert(
-                name,
-                ServiceHandle {
-                    commands,
-                    status: receiver,
-                    logs,
-                    task,
-                },
-            );
-        }
-        if let Some(path) = options.state_file {
-            let statuses = services
-                .values()
-                .map(|handle| handle.status.clone())
-                .collect();
-            tokio::spawn(persist::keep_saving(path, saver_events, statuses));
-        }
-        Ok(Self {
-            services,
-            order,
-            graph,
-            gpu_requests,
+        let supervisor = Self {
+            topology: std::sync::RwLock::default(),
+            shared,
+            log_dir: options.log_dir,
+            log_ring_bytes: options.log_ring_bytes,
+            remembered,
             gpus: options.gpus,
             instance: options.instance,
             events,
             first_events: std::sync::Mutex::new(Some(first_events)),
             shutting_down: AtomicBool::new(false),
             log_writer,
-        })
+            reloading: tokio::sync::Mutex::new(()),
+        };
+        {
+            let mut topology = supervisor.write();
+            topology.graph = graph;
+            topology.order = order;
+            supervisor.add_services(&mut topology, specs, BTreeMap::new());
+        }
+        if let Some(path) = options.state_file {
+            let statuses = supervisor
+                .read()
+                .services
+                .values()
+                .map(|handle| handle.status.clone())
+                .collect();
+            tokio::spawn(persist::keep_saving(path, saver_events, statuses));
+        }
+        Ok(supervisor)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Topology> {
+        self.topology
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One task per spec, wired to its dependencies' status channels: those of
+    /// services already running, or of the ones added now (in any name order).
+    /// `reused` hands a changed service its old status channel and log.
+    fn add_services(
+        &self,
+        topology: &mut Topology,
+        specs: Vec<ServiceSpec>,
+        mut reused: BTreeMap<String, (watch::Sender<ServiceStatus>, Arc<LogBook>)>,
+    ) {
+        let mut specs = specs;
+        for spec in &mut specs {
+            fill_vram_estimate(spec);
+        }
+        let mut channels: BTreeMap<String, (watch::Sender<ServiceStatus>, Option<Arc<LogBook>>)> =
+            specs
+                .iter()
+                .map(|spec| {
+                    let name = spec.service.name.clone();
+                    if let Some((sender, logs)) = reused.remove(&name) {
+                        return (name, (sender, Some(logs)));
+                    }
+                    let mut status = ServiceStatus::new(
+                        &name,
+                        spec.plugin.name(),
+                        &spec.plugin.info.version,
+                        spec.service.port,
+                    );
+                    if let Some(earlier) = self.remembered.get(&name) {
+                        status.restarts = earlier.restarts;
+                        status.last_failure = earlier.last_failure.clone();
+                    }
+                    (name, (watch::channel(status).0, None))
+                })
+                .collect();
+        // Every dependency's receiver is taken before any sender moves into its
+        // task: names in any order, dependencies before or after their dependents.
+        let wiring: Vec<_> = specs
+            .into_iter()
+            .map(|spec| {
+                let dependencies: Vec<Dependency> = spec
+                    .depends_on
+                    .iter()
+                    .filter_map(|(name, condition)| {
+                        let status = match channels.get(name) {
+                            Some((sender, _)) => sender.subscribe(),
+                            None => topology.services.get(name)?.status.clone(),
+                        };
+                        Some(Dependency {
+                            name: name.clone(),
+                            condition: *condition,
+                            status,
+                        })
+                    })
+                    .collect();
+                (spec, dependencies)
+            })
+            .collect();
+        for (spec, dependencies) in wiring {
+            let name = spec.service.name.clone();
+            let Some((status, logs)) = channels.remove(&name) else {
+                continue;
+            };
+            status.send_modify(|status| {
+                status.backend = spec.plugin.name().to_string();
+                status.plugin_version.clone_from(&spec.plugin.info.version);
+                status.port = spec.service.port;
+            });
+            let receiver = status.subscribe();
+            let (commands, inbox) = mpsc::channel(16);
+            let logs = logs.unwrap_or_else(|| {
+                let file = self.log_dir.as_deref().zip(self.log_writer.as_ref());
+                Arc::new(LogBook::new(&name, self.log_ring_bytes, file))
+            });
+            topology.gpu_requests.insert(name.clone(), spec.gpu.clone());
+            let fingerprint = fingerprint(&spec);
+            let runner = Runner::new(
+                spec,
+                self.shared.clone(),
+                status,
+                inbox,
+                dependencies,
+                logs.clone(),
+            );
+            let task = tokio::spawn(runner.run());
+            topology.services.insert(
+                name,
+                ServiceHandle {
+                    commands,
+                    status: receiver,
+                    logs,
+                    task,
+                    fingerprint,
+                },
+            );
+        }
+    }
+
+    /// Replaces the configured services with `specs`, as `systemctl daemon-reload`
+    /// and a restart of what changed would: new services are added (and start if
+    /// `autostart`), removed ones are stopped, changed ones are stopped and run
+    /// from their new spec (started again if they were up); the rest are left
+    /// alone. A set that cannot run (a cycle, a missing dependency) is refused
+    /// whole and nothing changes.
+    pub async fn reload(&self, specs: Vec<ServiceSpec>) -> Result<ReloadReport, SuperviseError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.is_shutting_down() {
+            return Err(SuperviseError::ShuttingDown);
+        }
+        let (graph, order) = plan_order(&specs)?;
+        let mut report = ReloadReport::default();
+        let (old_order, was_up) = {
+            let topology = self.read();
+            let names: Vec<&String> = specs.iter().map(|spec| &spec.service.name).collect();
+            for spec in &specs {
+                let name = &spec.service.name;
+                match topology.services.get(name) {
+                    None => report.added.push(name.clone()),
+                    Some(handle) if handle.fingerprint != fingerprint(spec) => {
+                        report.changed.push(name.clone())
+                    }
+                    Some(_) => report.unchanged.push(name.clone()),
+                }
+            }
+            report.removed = topology
+                .services
+                .keys()
+                .filter(|name| !names.contains(name))
+                .cloned()
+                .collect();
+            let was_up: Vec<String> = report
+                .changed
+                .iter()
+                .filter(|name| {
+                    topology.services[*name].status.borrow().state != State::Stopped
+                        && !matches!(
+                            topology.services[*name].status.borrow().state,
+                            State::Failed { .. }
+                        )
+                })
+                .cloned()
+                .collect();
+            (topology.order.clone(), was_up)
+        };
+        let going: Vec<String> = old_order
+            .iter()
+            .rev()
+            .filter(|name| report.removed.contains(name) || report.changed.contains(name))
+            .cloned()
+            .collect();
+        for name in &going {
+            self.stop_one(name).await?;
+        }
+        let handles: Vec<(String, ServiceHandle)> = {
+            let mut topology = self.write();
+            going
+                .iter()
+                .filter_map(|name| Some((name.clone(), topology.services.remove(name)?)))
+                .collect()
+        };
+        let mut reused = BTreeMap::new();
+        for (name, handle) in handles {
+            // With its inbox closed, the stopped runner ends and gives its channel back.
+            drop(handle.commands);
+            if let Ok(sender) = handle.task.await {
+                if report.changed.contains(&name) {
+                    reused.insert(name, (sender, handle.logs));
+                }
+            }
+        }
+        let fresh: Vec<ServiceSpec> = specs
+            .into_iter()
+            .filter(|spec| !report.unchanged.contains(&spec.service.name))
+            .collect();
+        {
+            let mut topology = self.write();
+            for name in &report.removed {
+                topology.gpu_requests.remove(name);
+            }
+            topology.graph = graph;
+            topology.order = order;
+            self.add_services(&mut topology, fresh, reused);
+        }
+        for name in &was_up {
+            self.send(name, Command::Start).await?;
+        }
+        tracing::info!(
+            "reloaded: {} added, {} removed, {} changed, {} unchanged",
+            report.added.len(),
+            report.removed.len(),
+            report.changed.len(),
+            report.unchanged.len()
+        );
+        Ok(report)
     }
 
     /// Every service's status, in dependency order.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
-        self.order
+        let topology = self.read();
+        topology
+            .order
             .iter()
-            .map(|name| self.services[name].status.borrow().clone())
+            .filter_map(|name| Some(topology.services.get(name)?.status.borrow().clone()))
             .collect()
     }
 
@@ -295,17 +495,28 @@ impl Supervisor {
 
     /// One service's output: its recent lines and a live feed.
     pub fn logs(&self, name: &str) -> Result<Arc<LogBook>, SuperviseError> {
-        Ok(self.handle(name)?.logs.clone())
+        self.with_handle(name, |handle| handle.logs.clone())
     }
 
     /// A live view of one service's status.
     pub fn watch(&self, name: &str) -> Result<watch::Receiver<ServiceStatus>, SuperviseError> {
-        Ok(self.handle(name)?.status.clone())
+        self.with_handle(name, |handle| handle.status.clone())
     }
 
-    fn handle(&self, name: &str) -> Result<&ServiceHandle, SuperviseError> {
-        self.services
+    /// Where to send `name` commands (a clone: no lock is held while sending).
+    fn inbox(&self, name: &str) -> Result<mpsc::Sender<Command>, SuperviseError> {
+        self.with_handle(name, |handle| handle.commands.clone())
+    }
+
+    fn with_handle<T>(
+        &self,
+        name: &str,
+        take: impl FnOnce(&ServiceHandle) -> T,
+    ) -> Result<T, SuperviseError> {
+        self.read()
+            .services
             .get(name)
+            .map(take)
             .ok_or_else(|| SuperviseError::UnknownService(name.to_string()))
     }
 
@@ -344,14 +555,15 @@ impl Supervisor {
 
     fn check_gpus(&self, name: &str) -> Result<(), SuperviseError> {
         let status = self.watch(name)?;
-        let (Some(broker), Some(request)) = (&self.gpus, self.gpu_requests.get(name)) else {
+        let request = self.read().gpu_requests.get(name).cloned();
+        let (Some(broker), Some(request)) = (&self.gpus, request) else {
             return Ok(());
         };
         if !request.wants_gpus() || status.borrow().state.is_started() {
             return Ok(());
         }
         broker
-            .check(name, request)
+            .check(name, &request)
             .map_err(SuperviseError::GpuConflict)
     }
 
@@ -373,14 +585,15 @@ impl Supervisor {
     /// Everything `name` depends on, directly or through others.
     pub fn requirements(&self, name: &str) -> Vec<String> {
         self.closure(name, |service| {
-            self.graph.get(service).cloned().unwrap_or_default()
+            self.read().graph.get(service).cloned().unwrap_or_default()
         })
     }
 
     /// Everything that depends on `name`, directly or through others.
     pub fn dependents(&self, name: &str) -> Vec<String> {
         self.closure(name, |service| {
-            self.graph
+            self.read()
+                .graph
                 .iter()
                 .filter(|(_, dependencies)| dependencies.iter().any(|d| d == service))
                 .map(|(dependent, _)| dependent.clone())
@@ -410,20 +623,21 @@ impl Supervisor {
         name: &str,
         command: Command,
     ) -> Result<(), SuperviseError> {
-        self.handle(name)?;
+        self.inbox(name)?;
         let needed = self.requirements(name);
-        for service in self.order.iter().filter(|s| needed.contains(s)) {
+        let order = self.read().order.clone();
+        for service in order.iter().filter(|s| needed.contains(s)) {
             self.send(service, Command::Start).await?;
         }
         self.send(name, command).await
     }
 
     async fn send(&self, name: &str, command: Command) -> Result<(), SuperviseError> {
-        let handle = self.handle(name)?;
+        let inbox = self.inbox(name)?;
         if self.is_shutting_down() {
             return Err(SuperviseError::ShuttingDown);
         }
-        let _ = handle.commands.send(command).await;
+        let _ = inbox.send(command).await;
         Ok(())
     }
 
@@ -447,11 +661,12 @@ impl Supervisor {
     /// with `Requires=`), dependents before what they depend on; returns once
     /// every process is gone, with the dependents that were up and are now stopped.
     pub async fn stop(&self, name: &str) -> Result<Vec<String>, SuperviseError> {
-        self.handle(name)?;
+        self.inbox(name)?;
         let dependents = self.dependents(name);
         let mut stopped = Vec::new();
-        for dependent in self.order.iter().rev().filter(|s| dependents.contains(s)) {
-            let state = self.services[dependent].status.borrow().state.clone();
+        let order = self.read().order.clone();
+        for dependent in order.iter().rev().filter(|s| dependents.contains(s)) {
+            let state = self.watch(dependent)?.borrow().state.clone();
             if matches!(state, State::Stopped | State::Failed { .. }) {
                 continue;
             }
@@ -466,13 +681,7 @@ impl Supervisor {
     /// Stops one service alone; returns once its processes are gone.
     async fn stop_one(&self, name: &str) -> Result<(), SuperviseError> {
         let (reply, stopped) = oneshot::channel();
-        if self
-            .handle(name)?
-            .commands
-            .send(Command::Stop(reply))
-            .await
-            .is_ok()
-        {
+        if self.inbox(name)?.send(Command::Stop(reply)).await.is_ok() {
             let _ = stopped.await;
         }
         Ok(())
@@ -482,10 +691,13 @@ impl Supervisor {
     /// Later calls to `start` and `restart` fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        for name in self.order.iter().rev() {
+        // A reload in progress finishes first; none starts after this.
+        let _no_reload = self.reloading.lock().await;
+        let order = self.read().order.clone();
+        for name in order.iter().rev() {
             let _ = self.stop_one(name).await;
         }
-        for handle in self.services.values() {
+        for handle in self.read().services.values() {
             // Every service is stopped; what is left of each task is its idle loop.
             handle.task.abort();
         }

@@ -324,12 +324,13 @@ impl Runner {
     /// Runs the service's lifecycle until the supervisor goes away. A panic in it
     /// (a bug in nanny) fails this service with the panic's message instead of
     /// stranding it, and the lifecycle begins again, so `start` works once more.
-    pub async fn run(mut self) {
+    /// Ends, giving back the status channel, once its inbox closes.
+    pub async fn run(mut self) -> watch::Sender<ServiceStatus> {
         use futures_util::FutureExt;
         loop {
             let lifecycle = std::panic::AssertUnwindSafe(self.lifecycle());
             let Err(panic) = lifecycle.catch_unwind().await else {
-                return;
+                return self.status;
             };
             let message = panic
                 .downcast_ref::<&str>()
