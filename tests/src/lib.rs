@@ -399,3 +399,46 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// A builtin plugin, the catalog loaded once per test process.
+pub fn builtin(name: &str) -> std::sync::Arc<nanny::plugin::Plugin> {
+    use nanny::plugin::{Catalog, Limits, PluginEngine};
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            let engine = PluginEngine::new(Limits::default(), None).expect("a plugin engine");
+            Catalog::load(&engine, &[])
+        })
+        .get(name)
+        .unwrap_or_else(|| panic!("builtin {name}"))
+        .clone()
+}
+
+/// `name` run by the `backend` builtin on a free port with `settings`, a minute
+/// to get ready; a bare `nanny` (the mock backend) resolves to this build's.
+pub fn service_spec(
+    name: &str,
+    backend: &str,
+    settings: Vec<nanny::plugin::Setting>,
+) -> nanny::supervise::ServiceSpec {
+    let mut service = nanny::plugin::Service::local(name, free_port(), settings);
+    let path = format!(
+        "{}:{}",
+        nanny_bin().parent().expect("a directory").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    service.env.push(("PATH".into(), path));
+    let mut spec = nanny::supervise::ServiceSpec::new(service, builtin(backend));
+    spec.startup_timeout = Duration::from_secs(60);
+    spec
+}
+
+/// A `command` service running a shell script, ready on a line starting `READY`.
+pub fn script_spec(name: &str, body: &str) -> nanny::supervise::ServiceSpec {
+    use nanny::plugin::Setting;
+    let settings = vec![
+        Setting::list("command", &["sh", "-c", body]),
+        Setting::text("ready_line", "^READY"),
+    ];
+    service_spec(name, "command", settings)
+}

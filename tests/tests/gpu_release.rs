@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanny::gpu::{GpuBroker, GpuDevices, GpuRequest, Inventory};
-use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting};
+use nanny::plugin::{Service, Setting};
 use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
 use nanny_tests::{is_running, until, workspace};
 
@@ -27,6 +27,26 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A supervisor of one `command` service running `script` on GPU 0, leased
+/// through `broker`.
+fn on_gpu_zero(name: &str, script: &str, broker: &Arc<GpuBroker>) -> Supervisor {
+    let settings = vec![
+        Setting::list("command", &["sh", "-c", script]),
+        Setting::text("ready_line", "^READY"),
+        Setting::text("health_path", ""),
+    ];
+    let mut spec = ServiceSpec::new(
+        Service::local(name, 1, settings),
+        nanny_tests::builtin("command"),
+    );
+    spec.gpu = gpu_zero();
+    let options = SupervisorOptions {
+        gpus: Some(broker.clone()),
+        ..SupervisorOptions::in_memory(1)
+    };
+    Supervisor::launch(vec![spec], options).unwrap()
 }
 
 fn held_on_gpu_zero(broker: &GpuBroker) -> Vec<i32> {
@@ -65,7 +85,6 @@ async fn leftover_gpu_processes_are_killed_and_a_restarted_daemon_honours_the_ch
 /// launch's leftovers.
 async fn a_crash_with_a_lingering_child_restarts_on_its_own_gpu(dir: &Path) {
     let broker = Arc::new(GpuBroker::new(Inventory::discover(&[]), None));
-    let catalog = Catalog::load(&PluginEngine::new(Limits::default(), None).unwrap(), &[]);
     let script = format!(
         r#"cd {dir}
 if [ -e crashed-once ]; then echo READY; exec sleep 1000; fi
@@ -74,21 +93,7 @@ setsid sleep 1000 & echo "$!, 2048" > apps-alive.csv
 echo READY; sleep 0.3; exit 1"#,
         dir = dir.display()
     );
-    let settings = vec![
-        Setting::list("command", &["sh", "-c", &script]),
-        Setting::text("ready_line", "^READY"),
-        Setting::text("health_path", ""),
-    ];
-    let mut spec = ServiceSpec::new(
-        Service::local("crashy", 1, settings),
-        catalog.get("command").unwrap().clone(),
-    );
-    spec.gpu = gpu_zero();
-    let options = SupervisorOptions {
-        gpus: Some(broker.clone()),
-        ..SupervisorOptions::in_memory(1)
-    };
-    let supervisor = Supervisor::launch(vec![spec], options).unwrap();
+    let supervisor = on_gpu_zero("crashy", &script, &broker);
     let mut status = supervisor.watch("crashy").unwrap();
     let settled = until(&mut status, "ready after a restart, or failed", |s| {
         (s.state == State::Ready && s.restarts == 1) || matches!(s.state, State::Failed { .. })
@@ -117,31 +122,9 @@ async fn escapees_are_killed_after_a_stop(dir: &Path, checkpoint: &Path) {
         Inventory::discover(&[]),
         Some(checkpoint.to_path_buf()),
     ));
-    let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
-    let settings = vec![
-        // The setsid child leaves the process group: a group kill misses it.
-        Setting::list(
-            "command",
-            &[
-                "sh",
-                "-c",
-                "setsid sleep 1000 & echo READY; exec sleep 1000",
-            ],
-        ),
-        Setting::text("ready_line", "^READY"),
-        Setting::text("health_path", ""),
-    ];
-    let mut spec = ServiceSpec::new(
-        Service::local("escapee", 1, settings),
-        catalog.get("command").unwrap().clone(),
-    );
-    spec.gpu = gpu_zero();
-    let options = SupervisorOptions {
-        gpus: Some(broker.clone()),
-        ..SupervisorOptions::in_memory(1)
-    };
-    let supervisor = Supervisor::launch(vec![spec], options).unwrap();
+    // The setsid child leaves the process group: a group kill misses it.
+    let script = "setsid sleep 1000 & echo READY; exec sleep 1000";
+    let supervisor = on_gpu_zero("escapee", script, &broker);
     let mut status = supervisor.watch("escapee").unwrap();
     let ready = until(&mut status, "ready", |s| s.state == State::Ready).await;
     assert_eq!(ready.gpus, ["GPU-fake-0"]);

@@ -227,3 +227,34 @@ vram = "10GiB"
         [("big".to_string(), 61440), ("small".to_string(), 20000)]
     );
 }
+
+#[test]
+fn of_two_services_wanting_one_exclusive_gpu_the_second_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = r#"
+[services.first]
+backend = "mock"
+gpus = [0]
+
+[services.second]
+backend = "mock"
+gpus = [0]
+"#;
+    let daemon = daemon_with_fake_gpus(dir.path(), services);
+    let ready = daemon.expect(|line| line.contains("] ready on "));
+    let (winner, loser) = if ready.starts_with("[first]") {
+        ("first", "second")
+    } else {
+        ("second", "first")
+    };
+    let (_, waiting) = get(&daemon, &format!("/v1/services/{loser}"));
+    assert_eq!(waiting["state"], "waiting", "{waiting}");
+    let reason = waiting["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("waiting for GPUs held by {winner}")),
+        "{reason}"
+    );
+    let (status, _) = post(&daemon, &format!("/v1/services/{winner}/stop?wait=true"));
+    assert_eq!(status, 200);
+    daemon.expect(|line| line.starts_with(&format!("[{loser}] ready on ")));
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use nanny_tests::{call, nanny, nanny_bin, port_range_line, workspace, Daemon};
+use nanny_tests::{call, nanny, nanny_bin, port_range_line, Daemon};
 use serde_json::Value;
 
 const ONE_MOCK: &str = r#"
@@ -309,60 +309,6 @@ depends_on = ["broken"]
     let said =
         String::from_utf8_lossy(&cli.stderr).into_owned() + &String::from_utf8_lossy(&cli.stdout);
     assert!(said.contains("broken, which failed"), "{said}");
-}
-
-#[test]
-fn of_two_services_wanting_one_exclusive_gpu_the_second_waits_for_it() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("gpus.csv"),
-        "0, GPU-fake-0, Fake H100, 81559, 0\n",
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        workspace().join("tests/fake-gpu").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let services = r#"
-[services.first]
-backend = "mock"
-gpus = [0]
-
-[services.second]
-backend = "mock"
-gpus = [0]
-"#;
-    let fake_dir = dir.path().display().to_string();
-    let daemon = Daemon::up_with(
-        &write_config(dir.path(), services),
-        dir.path(),
-        &[
-            ("PATH", path.as_str()),
-            ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
-            ("NANNY_NO_NVML", "1"),
-        ],
-    );
-    let ready = daemon.expect(|line| line.contains("] ready on "));
-    let (winner, loser) = if ready.starts_with("[first]") {
-        ("first", "second")
-    } else {
-        ("second", "first")
-    };
-    let (_, waiting) = call("GET", &format!("{}/v1/services/{loser}", daemon.url), None);
-    assert_eq!(waiting["state"], "waiting", "{waiting}");
-    let reason = waiting["reason"].as_str().unwrap();
-    assert!(
-        reason.starts_with(&format!("waiting for GPUs held by {winner}")),
-        "{reason}"
-    );
-    let (status, _) = call(
-        "POST",
-        &format!("{}/v1/services/{winner}/stop?wait=true", daemon.url),
-        None,
-    );
-    assert_eq!(status, 200);
-    daemon.expect(|line| line.starts_with(&format!("[{loser}] ready on ")));
 }
 
 fn open_fds(pid: i32) -> usize {

@@ -2,49 +2,14 @@
 //! any order, restarts counted in a window, failed dependencies said out loud,
 //! stopping what requires a stopped service, queued starts shown and cancelled.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nanny::plugin::{Catalog, Limits, Plugin, PluginEngine, Service, Setting, Value};
 use nanny::supervise::{
     BackoffPolicy, Condition, RestartMode, RestartPolicy, ServiceSpec, State, Supervisor,
     SupervisorOptions,
 };
-use nanny_tests::{free_port, nanny_bin, until};
+use nanny_tests::{script_spec as script, until};
 use proptest::prelude::*;
-
-fn plugin(name: &str) -> Arc<Plugin> {
-    static CATALOG: OnceLock<Catalog> = OnceLock::new();
-    CATALOG
-        .get_or_init(|| Catalog::load(&PluginEngine::new(Limits::default(), None).unwrap(), &[]))
-        .get(name)
-        .unwrap_or_else(|| panic!("builtin {name}"))
-        .clone()
-}
-
-/// A `command` service running a shell script, ready on a line starting `READY`.
-fn script(name: &str, body: &str) -> ServiceSpec {
-    let settings = vec![
-        Setting {
-            key: "command".into(),
-            value: Value::List(vec!["sh".into(), "-c".into(), body.into()]),
-        },
-        Setting {
-            key: "ready_line".into(),
-            value: Value::Text("^READY".into()),
-        },
-    ];
-    let mut service = Service::local(name, free_port(), settings);
-    let path = format!(
-        "{}:{}",
-        nanny_bin().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    service.env.push(("PATH".into(), path));
-    let mut spec = ServiceSpec::new(service, plugin("command"));
-    spec.startup_timeout = Duration::from_secs(60);
-    spec
-}
 
 const SERVE: &str = "echo READY; exec sleep 1000";
 

@@ -19,6 +19,22 @@ fn config(dir: &Path, verb: &[&str]) -> (bool, String, String) {
     nanny(&args, &[], dir)
 }
 
+/// `nanny config show --json` on `dir/nanny.toml`, which must succeed.
+fn shown(dir: &Path) -> serde_json::Value {
+    let (ok, stdout, stderr) = config(dir, &["show", "--json"]);
+    assert!(ok, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+fn names(shown: &serde_json::Value) -> Vec<&str> {
+    shown["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
 const MAIN: &str = "[daemon]\nservices_dir = \"services\"\n\n[services.base]\nbackend = \"mock\"\n";
 
 #[test]
@@ -36,15 +52,8 @@ fn every_manifest_under_services_dir_becomes_a_service() {
     // A folder without a manifest is not a service.
     std::fs::create_dir_all(dir.path().join("services/notes")).unwrap();
 
-    let (ok, stdout, stderr) = config(dir.path(), &["show", "--json"]);
-    assert!(ok, "{stderr}");
-    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let names: Vec<&str> = shown["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let shown = shown(dir.path());
+    let names = names(&shown);
     assert_eq!(names, ["base", "chat", "embed"]);
     let service = |name: &str| {
         shown["services"]
@@ -184,14 +193,7 @@ fn template_and_hidden_folders_hold_no_service() {
         &dir.path().join("services/.hidden/service.yaml"),
         "backend: mock\n",
     );
-    let (ok, stdout, stderr) = config(dir.path(), &["show", "--json"]);
-    assert!(ok, "{stderr}");
-    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let names: Vec<&str> = shown["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let shown = shown(dir.path());
+    let names = names(&shown);
     assert_eq!(names, ["base", "chat"]);
 }

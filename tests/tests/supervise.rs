@@ -2,28 +2,14 @@
 //! deadlines extended by progress, liveness, give-up, restarts, dependency order.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nanny::plugin::{Catalog, Limits, Plugin, PluginEngine, Service, Setting, Value};
+use nanny::plugin::{Setting, Value};
 use nanny::supervise::{
-    BackoffPolicy, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec, State,
-    SuperviseError, Supervisor, SupervisorOptions,
+    BackoffPolicy, Condition, ProbeOverrides, RestartMode, RestartPolicy, State, SuperviseError,
+    Supervisor, SupervisorOptions,
 };
-use nanny_tests::nanny_bin;
-use nanny_tests::{free_port, is_running, until};
-
-fn catalog() -> &'static Catalog {
-    static CATALOG: OnceLock<Catalog> = OnceLock::new();
-    CATALOG.get_or_init(|| Catalog::load(&PluginEngine::new(Limits::default(), None).unwrap(), &[]))
-}
-
-fn plugin(name: &str) -> Arc<Plugin> {
-    catalog()
-        .get(name)
-        .unwrap_or_else(|| panic!("builtin {name}"))
-        .clone()
-}
+use nanny_tests::{is_running, script_spec as script, service_spec as spec, until};
 
 fn list(items: &[&str]) -> Value {
     Value::List(items.iter().map(|s| s.to_string()).collect())
@@ -34,32 +20,6 @@ fn setting(key: &str, value: Value) -> Setting {
         key: key.into(),
         value,
     }
-}
-
-fn spec(name: &str, backend: &str, settings: Vec<Setting>) -> ServiceSpec {
-    let mut service = Service::local(name, free_port(), settings);
-    // `nanny` (for the mock backend) is found on the child's PATH.
-    let path = format!(
-        "{}:{}",
-        nanny_bin().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    service.env.push(("PATH".into(), path));
-    let mut spec = ServiceSpec::new(service, plugin(backend));
-    spec.startup_timeout = Duration::from_secs(60);
-    spec
-}
-
-/// A `command` service running a shell script, ready on a line starting `READY`.
-fn script(name: &str, body: &str) -> ServiceSpec {
-    spec(
-        name,
-        "command",
-        vec![
-            setting("command", list(&["sh", "-c", body])),
-            setting("ready_line", Value::Text("^READY".into())),
-        ],
-    )
 }
 
 fn options() -> SupervisorOptions {
