@@ -197,3 +197,45 @@ fn template_and_hidden_folders_hold_no_service() {
     let names = names(&shown);
     assert_eq!(names, ["base", "chat"]);
 }
+
+#[test]
+fn keys_people_already_write_in_manifests_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("nanny.toml"), MAIN);
+    write(
+        &dir.path().join("services/chat/service.yaml"),
+        "backend: mock\ndescription: The chat model\nscheduling:\n  auto_start: false\n  auto_stop_after: 10m\ndependencies:\n  - service: base\n    required: true\n",
+    );
+    write(
+        &dir.path().join("services/tools/service.yaml"),
+        "backend: mock\ndependencies:\n  - service: base\n    required: false\n",
+    );
+    let shown = shown(dir.path());
+    let service = |name: &str| {
+        shown["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let chat = service("chat");
+    assert_eq!(chat["description"], "The chat model");
+    assert_eq!(chat["autostart"], false);
+    assert_eq!(chat["idle_stop_s"], 600.0);
+    assert_eq!(chat["depends_on"][0]["service"], "base");
+    assert_eq!(chat["depends_on"][0]["condition"], "ready");
+    assert_eq!(service("tools")["depends_on"][0]["condition"], "started");
+
+    write(
+        &dir.path().join("services/tools/service.yaml"),
+        "backend: mock\ndependencies:\n  - service: base\n    needed: yes\n",
+    );
+    let (ok, _, stderr) = config(dir.path(), &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown key `needed` in the dependency on `base`"),
+        "{stderr}"
+    );
+}

@@ -78,7 +78,9 @@ pub fn show(path: &Path, as_json: bool) -> ExitCode {
                 "args": spec.service.args,
                 "env": spec.service.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "work_dir": spec.service.work_dir,
+                "description": spec.description,
                 "autostart": spec.autostart,
+                "idle_stop_s": spec.idle_stop.map(|d| d.as_secs_f64()),
                 "depends_on": spec.depends_on.iter().map(|(name, condition)| json!({"service": name, "condition": condition})).collect::<Vec<_>>(),
                 "restart": {
                     "policy": spec.restart.mode,

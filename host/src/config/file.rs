@@ -72,7 +72,15 @@ pub struct RawService {
     pub work_dir: Option<PathBuf>,
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// `depends_on = ["cache"]`, or a manifest's `dependencies:` list of
+    /// `{service: cache, required: true}`.
+    #[serde(alias = "dependencies")]
     pub depends_on: Option<Spanned<toml::Value>>,
+    /// What the service is, for people (`nanny config show`).
+    pub description: Option<String>,
+    /// A manifest's `scheduling:` block.
+    #[serde(default)]
+    pub scheduling: RawScheduling,
     #[serde(default)]
     pub restart: RestartSetting,
     #[serde(default)]
@@ -120,15 +128,35 @@ pub fn depends_on(value: &toml::Value) -> Result<Vec<(String, Condition)>, Strin
             "the condition for `{name}` must be \"ready\" or \"started\""
         )),
     };
+    // A manifest's `- service: cache` with `required: true` (ready, the default)
+    // or `required: false` (started is enough).
+    let entry = |item: &toml::Value| -> Result<(String, Condition), String> {
+        if let Some(name) = item.as_str() {
+            return Ok((name.to_string(), Condition::Ready));
+        }
+        let table = item
+            .as_table()
+            .ok_or("list service names, or `{ service = \"name\", required = true }`")?;
+        let name = table
+            .get("service")
+            .and_then(toml::Value::as_str)
+            .ok_or("each dependency needs `service`, a service name")?;
+        if let Some(unknown) = table
+            .keys()
+            .find(|key| !matches!(key.as_str(), "service" | "required"))
+        {
+            return Err(format!(
+                "unknown key `{unknown}` in the dependency on `{name}`"
+            ));
+        }
+        match table.get("required").map(toml::Value::as_bool) {
+            None | Some(Some(true)) => Ok((name.to_string(), Condition::Ready)),
+            Some(Some(false)) => Ok((name.to_string(), Condition::Started)),
+            Some(None) => Err(format!("`required` for `{name}` must be true or false")),
+        }
+    };
     match value {
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(|name| (name.to_string(), Condition::Ready))
-                    .ok_or_else(|| "list service names as strings".to_string())
-            })
-            .collect(),
+        toml::Value::Array(items) => items.iter().map(entry).collect(),
         toml::Value::Table(table) => table
             .iter()
             .map(|(name, value)| Ok((name.clone(), condition(name, value)?)))
@@ -169,6 +197,16 @@ pub struct RawRestart {
 
 fn on_failure() -> RestartMode {
     RestartMode::OnFailure
+}
+
+/// `scheduling.auto_start` is `autostart`; `scheduling.auto_stop_after` is the
+/// idle time after which the gateway may stop the service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduling {
+    pub auto_start: Option<bool>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub auto_stop_after: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

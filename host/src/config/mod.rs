@@ -227,7 +227,9 @@ impl Config {
                 restart: restart_policy(&raw.restart),
                 startup_timeout: raw.startup_timeout,
                 depends_on,
-                autostart: raw.autostart,
+                autostart: raw.scheduling.auto_start.unwrap_or(raw.autostart),
+                description: raw.description.clone(),
+                idle_stop: raw.scheduling.auto_stop_after,
                 probes: ProbeOverrides {
                     path: health_path,
                     readiness_period: raw.probes.readiness_period,

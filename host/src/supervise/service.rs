@@ -118,6 +118,11 @@ pub struct ServiceSpec {
     pub autostart: bool,
     pub probes: ProbeOverrides,
     pub gpu: GpuRequest,
+    /// What the service is, for people.
+    pub description: Option<String>,
+    /// Idle time after which the gateway may stop the service (a manifest's
+    /// `scheduling.auto_stop_after`); the supervisor itself never does.
+    pub idle_stop: Option<Duration>,
 }
 
 impl ServiceSpec {
@@ -134,6 +139,8 @@ impl ServiceSpec {
             autostart: true,
             probes: ProbeOverrides::default(),
             gpu: GpuRequest::default(),
+            description: None,
+            idle_stop: None,
         }
     }
 }
