@@ -222,6 +222,36 @@ fn a_restarted_nanny_adopts_its_running_container_and_removes_the_rest() {
     assert!(!docker(&["inspect", &id]).0, "stopped and removed");
 }
 
+/// A container that is ready by an output line (no HTTP probe): the next
+/// daemon adopts it and must see that line again, or it would wait for a line
+/// the backend printed long ago.
+#[test]
+fn an_adopted_container_that_is_ready_by_a_line_is_ready_at_once() {
+    if !docker_answers() {
+        eprintln!("SKIPPED: no Docker engine answers here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = nanny_tests::free_port();
+    let service = container_service("lined", &format!("port = {port}"))
+        + "health_path = \"\"\nready_line = \"mock-backend listening on\"\n";
+    let config = write_config(dir.path(), &service);
+    let mut first = Daemon::up(&config, dir.path());
+    first.expect(|line| line.starts_with("[lined] ready on "));
+    let (_, lined) = call("GET", &format!("{}/v1/services/lined", first.url), None);
+    let id = lined["container_id"].as_str().unwrap().to_string();
+    let (_, info) = call("GET", &format!("{}/v1/info", first.url), None);
+    let _cleanup = RemoveOnDrop(info["instance"].as_str().unwrap().to_string());
+    first.signal(libc::SIGKILL);
+    first.wait();
+
+    let second = Daemon::up(&config, dir.path());
+    second.expect(|line| line.starts_with("[lined] ready on "));
+    let (_, lined) = call("GET", &format!("{}/v1/services/lined", second.url), None);
+    assert_eq!(lined["container_id"].as_str(), Some(id.as_str()), "adopted");
+    assert_eq!(lined["state"], "ready");
+}
+
 #[test]
 fn an_infrastructure_stack_starts_in_order_and_stops_in_reverse() {
     if !docker_answers() {
