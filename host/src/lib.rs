@@ -17,6 +17,7 @@ pub mod mock_backend;
 pub mod names;
 pub mod paths;
 pub mod plugin;
+pub mod rate;
 pub mod runtime;
 pub mod secrets;
 pub mod supervise;

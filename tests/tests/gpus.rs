@@ -258,3 +258,23 @@ gpus = [0]
     assert_eq!(status, 200);
     daemon.expect(|line| line.starts_with(&format!("[{loser}] ready on ")));
 }
+
+/// A shared-GPU service whose VRAM comes from its plugin's estimate is, on a
+/// reload of the same file, unchanged: the estimate is not part of what it
+/// was configured with.
+#[test]
+fn a_reload_leaves_a_service_with_an_estimated_vram_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+[services.estimated]
+backend = "mock"
+gpus = [1]
+gpu_mode = "shared"
+settings = { vram_estimate_mib = 20000 }
+"#;
+    let daemon = daemon_with_fake_gpus(dir.path(), config);
+    daemon.expect(|line| line.starts_with("[estimated] ready on "));
+    let (status, report) = post(&daemon, "/v1/reload");
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["unchanged"], serde_json::json!(["estimated"]));
+}

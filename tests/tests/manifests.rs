@@ -26,6 +26,16 @@ fn shown(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
+fn service_named(shown: &serde_json::Value, name: &str) -> serde_json::Value {
+    shown["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+        .clone()
+}
+
 fn names(shown: &serde_json::Value) -> Vec<&str> {
     shown["services"]
         .as_array()
@@ -55,15 +65,7 @@ fn every_manifest_under_services_dir_becomes_a_service() {
     let shown = shown(dir.path());
     let names = names(&shown);
     assert_eq!(names, ["base", "chat", "embed"]);
-    let service = |name: &str| {
-        shown["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let service = |name: &str| service_named(&shown, name);
     let chat = service("chat");
     assert_eq!(chat["port"], 18431);
     assert_eq!(chat["probes"]["path"], "/health");
@@ -211,15 +213,7 @@ fn keys_people_already_write_in_manifests_are_read() {
         "backend: mock\ndependencies:\n  - service: base\n    required: false\n",
     );
     let shown = shown(dir.path());
-    let service = |name: &str| {
-        shown["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let service = |name: &str| service_named(&shown, name);
     let chat = service("chat");
     assert_eq!(chat["description"], "The chat model");
     assert_eq!(chat["autostart"], false);

@@ -55,43 +55,20 @@ pub type ReloadHook = Arc<
         + Sync,
 >;
 
-/// A token bucket: `burst` calls at once, `per_second` more each second.
-pub struct RateLimit {
-    burst: f64,
-    per_second: f64,
-    state: std::sync::Mutex<(f64, Instant)>,
-}
+/// The ready callback's limit, shared by every request.
+pub struct RateLimit(std::sync::Mutex<crate::rate::TokenBucket>);
 
 impl RateLimit {
-    pub fn new(burst: u32, per_second: u32) -> Self {
-        Self {
-            burst: f64::from(burst),
-            per_second: f64::from(per_second),
-            state: std::sync::Mutex::new((f64::from(burst), Instant::now())),
-        }
-    }
-
     /// Whether one more call may go through now.
     pub fn allow(&self) -> bool {
-        let mut state = crate::supervise::lock(&self.state);
-        let (tokens, refilled) = &mut *state;
-        let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*refilled).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        *refilled = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        crate::locks::lock(&self.0).take()
     }
 }
 
 impl Default for RateLimit {
     /// The ready callback's: a backend calls it once per launch.
     fn default() -> Self {
-        Self::new(40, 20)
+        Self(std::sync::Mutex::new(crate::rate::TokenBucket::new(40, 20)))
     }
 }
 

@@ -10,40 +10,32 @@ use super::bindings::nanny::backend::{host, types};
 /// Log messages longer than this are cut: a plugin must not flood the daemon's log.
 const MAX_LOG_BYTES: usize = 4096;
 /// Messages a plugin may log at once, and how many more each second brings.
-const LOG_BURST: f64 = 50.0;
-const LOG_PER_SECOND: f64 = 10.0;
+const LOG_BURST: u32 = 50;
+const LOG_PER_SECOND: u32 = 10;
 
 /// A token bucket over one store's `log` calls: what is over budget is counted,
 /// not printed, and the count comes with the next message that gets through.
 #[derive(Debug)]
 pub(super) struct LogBudget {
-    tokens: f64,
-    refilled: std::time::Instant,
+    bucket: crate::rate::TokenBucket,
     pub(super) suppressed: u64,
 }
 
 impl LogBudget {
     fn new() -> Self {
         Self {
-            tokens: LOG_BURST,
-            refilled: std::time::Instant::now(),
+            bucket: crate::rate::TokenBucket::new(LOG_BURST, LOG_PER_SECOND),
             suppressed: 0,
         }
     }
 
     /// Whether one more message may go out now.
     fn take(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * LOG_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(LOG_BURST);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
+        let allowed = self.bucket.take();
+        if !allowed {
             self.suppressed += 1;
-            false
         }
+        allowed
     }
 }
 

@@ -259,15 +259,11 @@ impl Supervisor {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Topology> {
-        self.topology
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::read(&self.topology)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Topology> {
-        self.topology
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::write(&self.topology)
     }
 
     /// One task per spec, wired to its dependencies' status channels: those of
@@ -279,14 +275,20 @@ impl Supervisor {
         specs: Vec<ServiceSpec>,
         mut reused: BTreeMap<String, (watch::Sender<ServiceStatus>, Arc<LogBook>)>,
     ) {
-        let mut specs = specs;
-        for spec in &mut specs {
-            fill_vram_estimate(spec);
-        }
+        // Fingerprinted as configured, before the plugin's estimate fills in
+        // VRAM: a reload compares it with a spec that has no estimate either.
+        let specs: Vec<(String, ServiceSpec)> = specs
+            .into_iter()
+            .map(|mut spec| {
+                let fingerprint = fingerprint(&spec);
+                fill_vram_estimate(&mut spec);
+                (fingerprint, spec)
+            })
+            .collect();
         let mut channels: BTreeMap<String, (watch::Sender<ServiceStatus>, Option<Arc<LogBook>>)> =
             specs
                 .iter()
-                .map(|spec| {
+                .map(|(_, spec)| {
                     let name = spec.service.name.clone();
                     if let Some((sender, logs)) = reused.remove(&name) {
                         return (name, (sender, Some(logs)));
@@ -308,7 +310,7 @@ impl Supervisor {
         // task: names in any order, dependencies before or after their dependents.
         let wiring: Vec<_> = specs
             .into_iter()
-            .map(|spec| {
+            .map(|(fingerprint, spec)| {
                 let dependencies: Vec<Dependency> = spec
                     .depends_on
                     .iter()
@@ -324,10 +326,10 @@ impl Supervisor {
                         })
                     })
                     .collect();
-                (spec, dependencies)
+                (fingerprint, spec, dependencies)
             })
             .collect();
-        for (spec, dependencies) in wiring {
+        for (fingerprint, spec, dependencies) in wiring {
             let name = spec.service.name.clone();
             let Some((status, logs)) = channels.remove(&name) else {
                 continue;
@@ -344,7 +346,6 @@ impl Supervisor {
                 Arc::new(LogBook::new(&name, self.log_ring_bytes, file))
             });
             topology.gpu_requests.insert(name.clone(), spec.gpu.clone());
-            let fingerprint = fingerprint(&spec);
             let runner = Runner::new(
                 spec,
                 self.shared.clone(),
@@ -403,11 +404,8 @@ impl Supervisor {
                 .changed
                 .iter()
                 .filter(|name| {
-                    topology.services[*name].status.borrow().state != State::Stopped
-                        && !matches!(
-                            topology.services[*name].status.borrow().state,
-                            State::Failed { .. }
-                        )
+                    let state = &topology.services[*name].status.borrow().state;
+                    !matches!(state, State::Stopped | State::Failed { .. })
                 })
                 .cloned()
                 .collect();
