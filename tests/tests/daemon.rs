@@ -71,6 +71,17 @@ fn mock_backend_pids(port: u16) -> Vec<i32> {
 
 #[test]
 fn kill_9_of_the_daemon_leaves_no_process_ten_times_over() {
+    kill_9_leaves_nothing(10, &[]);
+}
+
+/// Without cgroups (non-root, or cgroup v2 not writable), the launch records, the
+/// guardian and the subreaper do the cgroup's work: setsid grandchildren go too.
+#[test]
+fn kill_9_without_cgroups_leaves_no_process_either() {
+    kill_9_leaves_nothing(5, &[("NANNY_CGROUPS", "off")]);
+}
+
+fn kill_9_leaves_nothing(rounds: u32, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let pids_file = dir.path().join("pids");
     let config = dir.path().join("nanny.toml");
@@ -84,9 +95,9 @@ fn kill_9_of_the_daemon_leaves_no_process_ten_times_over() {
         format!("[services.tree]\nbackend = \"command\"\nsettings = {{ command = [\"sh\", \"-c\", {script:?}], ready_line = \"^READY\", health_path = \"\" }}\n"),
     )
     .unwrap();
-    for round in 1..=10 {
+    for round in 1..=rounds {
         let _ = std::fs::remove_file(&pids_file);
-        let daemon = Daemon::up(&config, dir.path());
+        let daemon = Daemon::up_with(&config, dir.path(), env);
         daemon.expect(|line| line.starts_with("[tree] ready"));
         let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
             .unwrap()
@@ -106,6 +117,65 @@ fn kill_9_of_the_daemon_leaves_no_process_ten_times_over() {
             left.is_empty(),
             "round {round}: {left:?} outlived the daemon by 2 s"
         );
+    }
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Without cgroups, a setsid grandchild that outlives its parent comes back to
+/// the daemon (a child subreaper), and goes with its launch, reaped, not a zombie.
+#[test]
+fn an_escaped_grandchild_comes_back_to_the_daemon_and_goes_with_its_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("escapee");
+    let config = dir.path().join("nanny.toml");
+    // The middle shell exits at once: the grandchild is an orphan from the start.
+    let script = format!(
+        "sh -c \"setsid sh -c 'echo \\$\\$ > {pid}; exec sleep 1000' &\"; \
+         until [ -s {pid} ]; do sleep 0.01; done; echo READY; exec sleep 1000",
+        pid = pid_file.display()
+    );
+    std::fs::write(
+        &config,
+        format!("[services.tree]\nbackend = \"command\"\nrestart = {{ policy = \"never\" }}\nsettings = {{ command = [\"sh\", \"-c\", {script:?}], ready_line = \"^READY\", health_path = \"\" }}\n"),
+    )
+    .unwrap();
+    let daemon = Daemon::up_with(&config, dir.path(), &[("NANNY_CGROUPS", "off")]);
+    daemon.expect(|line| line.starts_with("[tree] ready"));
+    let escapee: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        parent_of(escapee),
+        Some(daemon.pid()),
+        "re-parented to the daemon"
+    );
+    let (status, _) = nanny_tests::call(
+        "POST",
+        &format!("{}/v1/services/tree/stop", daemon.url),
+        None,
+    );
+    assert_eq!(status, 200);
+    let left = survivors(&[escapee], Duration::from_secs(5));
+    assert!(left.is_empty(), "the escapee outlived its launch");
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{escapee}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the escapee stayed a zombie: nobody reaped it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -171,7 +241,7 @@ fn config_show_resolves_ports_and_defaults() {
 #[test]
 fn the_restart_total_and_the_last_failure_survive_a_daemon_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let launches = dir.path().join("launches");
+    let launches = dir.path().join("launch-log");
     let config = dir.path().join("nanny.toml");
     std::fs::write(
         &config,

@@ -391,3 +391,133 @@ fn oversized_requests_get_json_errors_too() {
     assert_eq!(status, 431);
     assert!(body.contains("\"headers_too_large\""), "{body}");
 }
+
+/// A program that grabs the service's port after the launch (an orphan of an
+/// earlier run, say) answers the readiness probe: that must not make the
+/// service ready, and its log says who holds the port.
+#[test]
+fn a_probe_answered_by_another_program_is_not_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[services.web]
+backend = "command"
+port = {port}
+probes = {{ path = "/health", readiness_period = "50ms" }}
+settings = {{ command = ["sh", "-c", "echo launched; exec sleep 1000"] }}
+"#
+        ),
+    );
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("[web] starting"));
+    // The launch runs (it printed); now the impostor takes the port.
+    let log = |daemon: &Daemon| {
+        call(
+            "GET",
+            &format!("{}/v1/services/web/logs?tail=20", daemon.url),
+            None,
+        )
+        .1
+    };
+    while !log(&daemon).to_string().contains("launched") {
+        std::thread::yield_now();
+    }
+    let impostor = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (answered, answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for probe in impostor.incoming() {
+            let Ok(mut probe) = probe else { return };
+            let mut request = [0u8; 1024];
+            let _ = probe.read(&mut request);
+            let _ = probe
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            if answered.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    // Each probe comes after the last answer was judged: the state then is that judgement.
+    for answer in 1..=5 {
+        answers
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no probe {answer}; state {}", state_of(&daemon, "web")));
+        assert_eq!(
+            state_of(&daemon, "web"),
+            "starting",
+            "after {answer} answer(s) from another program"
+        );
+    }
+    let text = log(&daemon).to_string();
+    assert!(
+        text.contains(&format!(
+            "port {port} answered, but pid {}",
+            std::process::id()
+        )),
+        "{text}"
+    );
+}
+
+/// Sets `pid`'s soft descriptor limit, keeping its hard one (raising a hard
+/// limit again needs a capability the test may not have).
+fn set_fd_limit(pid: i32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) reading our own child's limits into a live struct.
+    let read = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(read, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit(2) on our own child, with a limit struct that outlives the call.
+    let done = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A launch that finds the daemon out of descriptors backs off and tries again;
+/// once descriptors are back, it comes up: never `failed` for good.
+#[test]
+fn a_launch_out_of_descriptors_is_retried_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[services.app]
+backend = "command"
+autostart = false
+restart = { policy = "on-failure", max_restarts = 1000, backoff = "200ms", max_backoff = "200ms" }
+settings = { command = ["sh", "-c", "echo READY; exec sleep 1000"], ready_line = "^READY", health_path = "" }
+"#,
+    );
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    // Room for the request's own socket and not much more: the launch's pipes fail.
+    let tight = open_fds(daemon.pid()) as u64 + 3;
+    set_fd_limit(daemon.pid(), tight);
+    let (status, body) = call(
+        "POST",
+        &format!("{}/v1/services/app/start?wait=false", daemon.url),
+        None,
+    );
+    assert!(status < 300, "{status} {body}");
+    let backoff =
+        daemon.expect(|line| line.starts_with("[app] ") && !line.starts_with("[app] starting"));
+    assert!(
+        backoff.starts_with("[app] backoff after cannot start `sh`")
+            && backoff.contains("os error 24"),
+        "{backoff}"
+    );
+    set_fd_limit(daemon.pid(), 4096);
+    let next =
+        daemon.expect(|line| line.starts_with("[app] ready") || line.starts_with("[app] failed"));
+    assert!(next.starts_with("[app] ready"), "{next}");
+}

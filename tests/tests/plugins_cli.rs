@@ -126,6 +126,31 @@ fn broken_plugins_are_reported_and_the_rest_still_load() {
     );
 }
 
+/// A broken file's name (and whatever the engine quotes of it) cannot break the
+/// daemon's output into lines of its own, nor forge one.
+#[test]
+fn a_load_warning_is_one_line_whatever_the_file_is_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = "evil\nwarning: forged by a file name\r\u{1b}[31m.wasm";
+    std::fs::write(
+        dir.path().join(forged),
+        b"\0asm\n\n\x0d\x00\x01\x00\nmore\n",
+    )
+    .unwrap();
+    let (plugins, stderr) = list_json(&[dir.path()]);
+    assert_eq!(plugins.len(), BUILTINS.len(), "the builtins still load");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("evil\\nwarning: forged"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+}
+
 #[test]
 fn inspecting_an_unknown_plugin_fails_with_a_hint() {
     let state = tempfile::tempdir().unwrap();

@@ -44,7 +44,7 @@ async fn ready_from_an_output_line_and_stopped_with_nothing_left() {
         .unwrap()
         .tail(10)
         .into_iter()
-        .map(|line| line.text)
+        .map(|line| line.text.to_string())
         .collect();
     assert_eq!(logged, ["booting", "READY to serve"]);
     supervisor.stop("lines").await.unwrap();

@@ -90,3 +90,74 @@ pub async fn serve(
 async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn serving(limits: ConnectionLimits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hello" }));
+        let (close, closing) = watch::channel(false);
+        tokio::spawn(serve(listener, router, limits, closing));
+        (address, close)
+    }
+
+    /// Reads until the server closes the connection; what it said.
+    async fn read_to_close(stream: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        let (address, _close) = serving(ConnectionLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(200),
+        })
+        .await;
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        // The server closes it (with a 408 or nothing): read_to_end returns.
+        let answer = read_to_close(&mut slow).await;
+        assert!(!answer.contains("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_a_connection_waits_for_a_slot() {
+        let (address, _close) = serving(ConnectionLimits {
+            max_connections: 1,
+            header_timeout: Duration::from_secs(30),
+        })
+        .await;
+        let request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        // The first connection takes the only slot and keeps it.
+        let mut first = TcpStream::connect(address).await.unwrap();
+        first
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut greeting = [0u8; 12];
+        first.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"HTTP/1.1 200");
+        // The second is accepted by the kernel but not served while the first is open.
+        let mut second = TcpStream::connect(address).await.unwrap();
+        second.write_all(request).await.unwrap();
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+        assert!(early.is_err(), "served beyond the cap: {early:?}");
+        drop(first);
+        let answer = read_to_close(&mut second).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
+            "{answer}"
+        );
+    }
+}

@@ -4,10 +4,11 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures_util::{stream, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -26,8 +27,43 @@ fn line_view(line: &LogLine) -> LogLineView {
     LogLineView {
         at_unix_ms: line.at_unix_ms,
         stream: line.stream.to_string(),
-        text: line.text.clone(),
+        text: line.text.to_string(),
     }
+}
+
+/// Lines serialized per body chunk of a `tail` answer.
+const LINES_PER_CHUNK: usize = 256;
+
+/// A `LogTail` document written a chunk at a time, so a large tail costs the
+/// daemon one chunk of JSON at once rather than the whole answer (the lines
+/// themselves share their text with the ring).
+fn streamed_tail(service: &str, lines: Vec<LogLine>) -> Response {
+    let head = serde_json::json!(service).to_string();
+    let opening = format!("{{\"service\":{head},\"lines\":[");
+    let total = lines.len();
+    let chunks = stream::iter(0..total.div_ceil(LINES_PER_CHUNK)).map(move |chunk| {
+        let start = chunk * LINES_PER_CHUNK;
+        let mut text = String::new();
+        for (index, line) in lines[start..(start + LINES_PER_CHUNK).min(total)]
+            .iter()
+            .enumerate()
+        {
+            if start + index > 0 {
+                text.push(',');
+            }
+            // A LogLine serializes as its LogLineView.
+            text.push_str(&serde_json::to_string(line).unwrap_or_else(|_| "null".into()));
+        }
+        Ok::<_, Infallible>(Bytes::from(text))
+    });
+    let body = stream::once(async move { Ok(Bytes::from(opening)) })
+        .chain(chunks)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]}")) }));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// Items from `feed` (missed ones skipped) until the daemon shuts down.
@@ -78,15 +114,13 @@ pub async fn logs(
     };
     // Subscribed before the tail is read: a line may come twice, none goes missing.
     let feed = book.follow();
-    let recent: Vec<LogLineView> = book.tail(tail).iter().map(line_view).collect();
+    let recent = book.tail(tail);
     if !query.follow.unwrap_or(false) {
-        let lines = LogTail {
-            service: name.to_string(),
-            lines: recent,
-        };
-        return Ok(Json(lines).into_response());
+        return Ok(streamed_tail(name, recent));
     }
-    let lines = stream::iter(recent).chain(live(&api, feed).map(|line| line_view(&line)));
+    let lines = stream::iter(recent)
+        .chain(live(&api, feed))
+        .map(|line| line_view(&line));
     Ok(sse("line", lines).into_response())
 }
 
@@ -121,4 +155,48 @@ pub async fn events(
         .collect();
     let changes = stream::iter(past).chain(live(&api, feed).map(|change| EventView::from(&change)));
     Ok(sse("state", changes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{OutputLine, Stream as Output};
+    use crate::supervise::LogBook;
+
+    /// Chunk edges, escapes and the empty tail all make one valid document with
+    /// every line, in order.
+    #[tokio::test]
+    async fn a_streamed_tail_is_the_whole_document() {
+        for count in [
+            0,
+            1,
+            LINES_PER_CHUNK,
+            LINES_PER_CHUNK + 1,
+            3 * LINES_PER_CHUNK - 7,
+        ] {
+            let book = LogBook::new("chat", 1 << 20, None);
+            for n in 0..count {
+                book.push(&OutputLine {
+                    stream: if n % 2 == 0 {
+                        Output::Stdout
+                    } else {
+                        Output::Stderr
+                    },
+                    text: format!("line {n} \"quoted\" \\ ünïcode\t"),
+                });
+            }
+            let response = streamed_tail("chat", book.tail(count));
+            assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let document: LogTail = serde_json::from_slice(&body).unwrap();
+            assert_eq!(document.service, "chat");
+            let texts: Vec<String> = document.lines.into_iter().map(|l| l.text).collect();
+            let expected: Vec<String> = (0..count)
+                .map(|n| format!("line {n} \"quoted\" \\ ünïcode\t"))
+                .collect();
+            assert_eq!(texts, expected);
+        }
+    }
 }

@@ -103,9 +103,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Empties a daemon's cgroup once the daemon is gone (started by `nanny up`).
+    /// Removes what a daemon's launches left once the daemon is gone (started by
+    /// `nanny up`): its recorded launches, and its cgroup when it has one.
     #[command(hide = true)]
-    Guardian { dir: PathBuf },
+    Guardian {
+        launches: PathBuf,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
     /// A fake OpenAI-compatible server (what the `mock` backend runs).
     MockBackend(crate::mock_backend::MockOptions),
 }
@@ -206,7 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Show { config, json },
         } => Ok(config::show(&config, json)),
-        Command::Guardian { dir } => up::guardian(&dir),
+        Command::Guardian { launches, cgroup } => up::guardian(&launches, cgroup.as_deref()),
         Command::MockBackend(options) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

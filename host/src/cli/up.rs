@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::runtime::cgroup;
+use crate::runtime::orphans::{self, LaunchRecords};
 
 /// `println!` for the daemon: a closed stdout (the terminal went away) must not
 /// bring it down.
@@ -86,10 +87,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
         say!("nanny: API on http://{bound}");
-        let containment = Containment::set_up().await;
+        let containment = Containment::set_up(&config.daemon.state_dir).await;
         let options = SupervisorOptions {
             max_concurrent_starts: config.daemon.max_concurrent_starts,
-            cgroup_root: containment.as_ref().map(|c| c.dir.clone()),
+            cgroup_root: containment.cgroup.clone(),
+            launch_records: Some(containment.launches.clone()),
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
             log_ring_bytes: config.daemon.log_ring_bytes,
@@ -154,9 +156,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let _ = closing.send(true);
         // Open requests get a moment to finish; streams end on `closing`.
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        if let Some(containment) = containment {
-            containment.tear_down().await;
-        }
+        containment.tear_down().await;
         say!(
             "nanny: {}",
             if forced {
@@ -282,15 +282,51 @@ fn describe(change: &StateChange) -> String {
     format!("[{}] {}{detail}", change.service, change.to.name())
 }
 
-/// This daemon's cgroup directory and the guardian that empties it if the daemon
-/// dies without cleaning up (kill -9 included).
+/// What removes a daemon's backends if the daemon dies without doing it (kill -9
+/// included): its cgroup directory when the machine allows one, the record of
+/// its launches, and the guardian process that empties both once the daemon's
+/// end of its stdin closes. The daemon is a child subreaper meanwhile, so what
+/// escapes a launch's process group comes back to it rather than to init.
 struct Containment {
-    dir: PathBuf,
-    _guardian: tokio::process::Child,
+    cgroup: Option<PathBuf>,
+    launches: LaunchRecords,
+    _guardian: Option<tokio::process::Child>,
 }
 
 impl Containment {
-    async fn set_up() -> Option<Self> {
+    async fn set_up(state_dir: &Path) -> Self {
+        if let Err(error) = orphans::become_subreaper() {
+            tracing::warn!("not a child subreaper: {error}");
+        }
+        tokio::spawn(orphans::reap_forever());
+        let launches = LaunchRecords::new(state_dir);
+        if let Some(report) = launches.sweep().await.report() {
+            say!("nanny: {report}");
+        }
+        let cgroup = Self::cgroup_dir().await;
+        let guardian = std::env::current_exe().and_then(|nanny| {
+            let mut guardian = tokio::process::Command::new(nanny);
+            guardian.arg("guardian").arg(launches.dir());
+            if let Some(dir) = &cgroup {
+                guardian.arg("--cgroup").arg(dir);
+            }
+            guardian.stdin(Stdio::piped()).process_group(0).spawn()
+        });
+        let guardian = guardian
+            .map_err(|error| tracing::warn!("no guardian: {error}"))
+            .ok();
+        Self {
+            cgroup,
+            launches,
+            _guardian: guardian,
+        }
+    }
+
+    /// This daemon's cgroup directory, after sweeping what earlier daemons left.
+    async fn cgroup_dir() -> Option<PathBuf> {
+        if std::env::var_os("NANNY_CGROUPS").is_some_and(|value| value == "off") {
+            return None;
+        }
         let root = cgroup::nanny_root()?;
         let swept = cgroup::sweep_stale(&root).await;
         if swept > 0 {
@@ -298,34 +334,38 @@ impl Containment {
         }
         let dir = root.join(std::process::id().to_string());
         std::fs::create_dir_all(&dir).ok()?;
-        let guardian = tokio::process::Command::new(std::env::current_exe().ok()?)
-            .arg("guardian")
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|error| tracing::warn!("no guardian: {error}"))
-            .ok()?;
-        Some(Self {
-            dir,
-            _guardian: guardian,
-        })
+        Some(dir)
     }
 
     async fn tear_down(self) {
-        cgroup::kill_tree(&self.dir).await;
+        if let Some(dir) = &self.cgroup {
+            cgroup::kill_tree(dir).await;
+        }
+        if let Some(report) = self.launches.sweep().await.report() {
+            say!("nanny: {report}");
+        }
     }
 }
 
-/// `nanny guardian DIR`: waits for its stdin to close (the daemon is gone), then
-/// kills everything under `DIR`.
-pub fn guardian(dir: &Path) -> anyhow::Result<ExitCode> {
+/// `nanny guardian LAUNCHES [--cgroup DIR]`: waits for its stdin to close (the
+/// daemon is gone), then kills what the daemon's launches left.
+pub fn guardian(launches: &Path, cgroup: Option<&Path>) -> anyhow::Result<ExitCode> {
     // SAFETY: ignoring SIGINT so a Ctrl-C meant for the daemon leaves the guardian be.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // What the daemon's descendants leave as they die comes here, to be reaped.
+    let _ = orphans::become_subreaper();
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
-    runtime.block_on(cgroup::kill_tree(dir));
+    runtime.block_on(async {
+        if let Some(dir) = cgroup {
+            cgroup::kill_tree(dir).await;
+        }
+        let records = LaunchRecords::from_dir(launches.to_path_buf());
+        if let Some(report) = records.sweep().await.report() {
+            eprintln!("nanny guardian: {report}");
+        }
+    });
     Ok(ExitCode::SUCCESS)
 }

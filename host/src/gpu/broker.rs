@@ -1,6 +1,7 @@
 //! The broker: the lease table behind a lock, the inventory it leases from, the
 //! memory that stopped services have not given back yet, and a checkpoint on disk.
 
+use crate::runtime::orphans::{pids_of_launch, pids_with_env};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -283,27 +284,5 @@ impl GpuBroker {
 /// earlier one's): each carries `NANNY_SERVICE=<service>` in its environment,
 /// however far it double-forked.
 pub fn pids_of_service(service: &str) -> Vec<i32> {
-    pids_with(&format!("NANNY_SERVICE={service}"))
-}
-
-/// Every live process of one launch: each carries `NANNY_LAUNCH=<id>`.
-pub fn pids_of_launch(launch: &str) -> Vec<i32> {
-    pids_with(&format!("NANNY_LAUNCH={launch}"))
-}
-
-fn pids_with(needle: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|byte| *byte == 0)
-                    .any(|variable| variable == needle.as_bytes())
-            })
-        })
-        .collect()
+    pids_with_env(&format!("NANNY_SERVICE={service}"))
 }

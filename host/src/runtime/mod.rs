@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod orphans;
 pub mod ports;
 pub mod process;
 
@@ -96,6 +97,22 @@ impl Launched {
             Launched::Process(process) => process.stop(signal, grace).await,
             Launched::Container(container) => Ok(container.stop(grace).await),
         }
+    }
+
+    /// Who holds the socket listening on `port`: a probe's answer counts as this
+    /// launch's only when the launch does. Containers publish through Docker,
+    /// which nanny cannot see into: `Unknown`.
+    pub async fn listener(&self, port: u16) -> ports::Listener {
+        let Launched::Process(process) = self else {
+            return ports::Listener::Unknown;
+        };
+        let (group, launch) = (process.pid(), process.launch().map(str::to_string));
+        let asked = tokio::task::spawn_blocking(move || {
+            ports::who_listens(port, |pid| {
+                orphans::belongs_to_launch(pid, group, launch.as_deref())
+            })
+        });
+        asked.await.unwrap_or(ports::Listener::Unknown)
     }
 
     /// After it exited by itself: a container is removed, a process is reaped already.

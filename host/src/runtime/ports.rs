@@ -20,31 +20,68 @@ pub fn check_free(host: &str, port: u16) -> Result<(), String> {
 /// The process listening on TCP `port`, from `/proc/net/tcp*` (the socket's
 /// inode) and `/proc/*/fd` (who has that socket open).
 fn listener_of(port: u16) -> Option<(i32, String)> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+    let holders = listener_holders(port);
+    holders.first().map(|pid| (*pid, command_name(*pid)))
+}
+
+fn command_name(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Every process holding a socket that listens on TCP `port` (IPv4 or IPv6).
+fn listener_holders(port: u16) -> Vec<i32> {
+    let targets: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
-        .find_map(|table| listening_inode(&table, port))?;
-    let target = format!("socket:[{inode}]");
-    std::fs::read_dir("/proc")
-        .ok()?
+        .filter_map(|table| listening_inode(&table, port))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
+        .filter(|pid| {
             std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .into_iter()
                 .flatten()
                 .filter_map(Result::ok)
                 .any(|fd| {
                     std::fs::read_link(fd.path())
-                        .is_ok_and(|link| link.as_os_str() == target.as_str())
+                        .is_ok_and(|link| targets.iter().any(|t| link.as_os_str() == t.as_str()))
                 })
         })
-        .map(|pid| {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|comm| comm.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
-            (pid, name)
-        })
+        .collect()
+}
+
+/// Who answers on a port, as far as this machine lets nanny tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listener {
+    /// A process of the launch holds the listening socket.
+    Ours,
+    /// Another program does: (pid, command name).
+    Foreign(i32, String),
+    /// No listening socket nanny can see (another network namespace, or
+    /// `/proc` it may not read): the probe's answer is taken as it is.
+    Unknown,
+}
+
+/// Whether the socket listening on `port` belongs to a process `ours` accepts.
+pub fn who_listens(port: u16, ours: impl Fn(i32) -> bool) -> Listener {
+    let holders = listener_holders(port);
+    if holders.iter().any(|pid| ours(*pid)) {
+        return Listener::Ours;
+    }
+    match holders.first() {
+        Some(pid) => Listener::Foreign(*pid, command_name(*pid)),
+        None => Listener::Unknown,
+    }
 }
 
 /// The inode of the socket listening on `port` in one `/proc/net/tcp` table.
@@ -62,6 +99,17 @@ fn listening_inode(table: &str, port: u16) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_is_ours_only_when_its_holder_is() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let me = std::process::id() as i32;
+        assert_eq!(who_listens(port, |pid| pid == me), Listener::Ours);
+        assert!(matches!(who_listens(port, |_| false), Listener::Foreign(pid, _) if pid == me));
+        drop(held);
+        assert_eq!(who_listens(port, |_| true), Listener::Unknown);
+    }
 
     #[test]
     fn a_port_held_here_names_this_process() {

@@ -74,6 +74,8 @@ pub struct ProcessHandle {
     child: Child,
     pid: i32,
     cgroup: Option<Cgroup>,
+    /// The launch's `NANNY_LAUNCH`, which finds descendants that left the group.
+    launch: Option<String>,
     exit: Option<Exit>,
 }
 
@@ -133,11 +135,19 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
-    let pid = child
-        .id()
-        .map(|pid| pid as i32)
-        .ok_or_else(|| io::Error::other("the child exited before it had a pid"))?;
+    let (mut child, pid) = super::orphans::spawn_waited(|| {
+        let child = command.spawn()?;
+        let pid = child
+            .id()
+            .map(|pid| pid as i32)
+            .ok_or_else(|| io::Error::other("the child exited before it had a pid"))?;
+        Ok((child, pid))
+    })?;
+    let launch = spec
+        .env
+        .iter()
+        .find(|(key, _)| key == "NANNY_LAUNCH")
+        .map(|(_, id)| id.clone());
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(forward_lines(stdout, Stream::Stdout, lines.clone()));
     }
@@ -148,6 +158,7 @@ pub fn spawn(
         child,
         pid,
         cgroup,
+        launch,
         exit: None,
     })
 }
@@ -203,12 +214,17 @@ impl ProcessHandle {
         self.pid
     }
 
+    /// The launch's `NANNY_LAUNCH`, when its environment has one.
+    pub fn launch(&self) -> Option<&str> {
+        self.launch.as_deref()
+    }
+
     /// Waits for the main process to exit by itself, then removes whatever it left
     /// in its group: nothing of a backend outlives its main process.
     pub async fn wait(&mut self) -> io::Result<Exit> {
         let exit = match self.exit {
             Some(exit) => exit,
-            None => Exit::from(self.child.wait().await?),
+            None => self.reap().await?,
         };
         self.exit = Some(exit);
         self.kill_leftovers().await;
@@ -220,15 +236,22 @@ impl ProcessHandle {
     pub async fn stop(&mut self, signal: i32, grace: Duration) -> io::Result<Exit> {
         if self.exit.is_none() {
             signal_group(self.pid, signal);
-            match tokio::time::timeout(grace, self.child.wait()).await {
-                Ok(status) => self.exit = Some(Exit::from(status?)),
+            match tokio::time::timeout(grace, self.reap()).await {
+                Ok(exit) => self.exit = Some(exit?),
                 Err(_) => {
                     signal_group(self.pid, libc::SIGKILL);
-                    self.exit = Some(Exit::from(self.child.wait().await?));
+                    self.exit = Some(self.reap().await?);
                 }
             }
         }
         self.wait().await
+    }
+
+    /// Waits for the main process and tells the orphan reaper it is reaped.
+    async fn reap(&mut self) -> io::Result<Exit> {
+        let status = self.child.wait().await?;
+        super::orphans::waited(self.pid);
+        Ok(Exit::from(status))
     }
 
     async fn kill_leftovers(&mut self) {
@@ -236,12 +259,18 @@ impl ProcessHandle {
             cgroup.kill_all().await;
             return;
         }
-        // Without a cgroup, the process group is what we can reach.
+        // Without a cgroup: the process group, then whatever of the launch left
+        // it (setsid), found by its NANNY_LAUNCH.
         for _ in 0..500 {
             if !signal_group(self.pid, libc::SIGKILL) {
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(launch) = &self.launch {
+            for (pid, why) in super::orphans::kill_launch(launch).await {
+                tracing::warn!("cannot remove pid {pid} of launch {launch}: {why}");
+            }
         }
     }
 }

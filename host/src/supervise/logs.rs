@@ -32,7 +32,8 @@ const WRITER_BACKLOG: usize = 16_384;
 pub struct LogLine {
     pub at_unix_ms: u64,
     pub stream: &'static str,
-    pub text: String,
+    /// Shared, so a `tail` request copies pointers rather than text.
+    pub text: Arc<str>,
 }
 
 /// The recent lines and their size.
@@ -77,7 +78,7 @@ impl LogBook {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             },
-            text: line.text.clone(),
+            text: Arc::from(line.text.as_str()),
         };
         if let Some((path, writer)) = &self.file {
             self.write(path, writer, &entry.text);
@@ -110,7 +111,7 @@ impl LogBook {
         }
     }
 
-    /// The last `count` lines, oldest first.
+    /// The last `count` lines, oldest first (their text shared with the ring).
     pub fn tail(&self, count: usize) -> Vec<LogLine> {
         let ring = lock(&self.ring);
         ring.lines
@@ -303,7 +304,7 @@ mod tests {
             book.push(&line(&n.to_string()));
         }
         let tail = book.tail(3);
-        let texts: Vec<&str> = tail.iter().map(|l| l.text.as_str()).collect();
+        let texts: Vec<&str> = tail.iter().map(|l| &*l.text).collect();
         assert_eq!(texts, ["10002", "10003", "10004"]);
         assert_eq!(book.tail(usize::MAX).len(), RING_LINES);
     }

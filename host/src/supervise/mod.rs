@@ -29,6 +29,7 @@ pub use state::{ModelInfo, ServiceStatus, State, StateChange};
 use crate::gpu::{Conflict, GpuBroker, GpuMode, GpuRequest};
 pub(crate) use crate::locks::lock;
 use crate::plugin::PluginSession;
+use crate::runtime::orphans::LaunchRecords;
 use service::{Dependency, Runner, Shared};
 
 /// How the supervisor runs its services.
@@ -37,6 +38,9 @@ pub struct SupervisorOptions {
     pub max_concurrent_starts: usize,
     /// Where per-launch cgroups go; `None` relies on process groups alone.
     pub cgroup_root: Option<PathBuf>,
+    /// Where each running launch is recorded, for the guardian and the next
+    /// daemon to sweep if this one dies without cleaning up.
+    pub launch_records: Option<LaunchRecords>,
     /// Where restart counts and last failures are kept across daemon restarts.
     pub state_file: Option<PathBuf>,
     /// Where each service's output is written (`<service>.log`, rotated).
@@ -61,6 +65,7 @@ impl SupervisorOptions {
         Self {
             max_concurrent_starts,
             cgroup_root: None,
+            launch_records: None,
             state_file: None,
             log_dir: None,
             log_ring_bytes: crate::config::DEFAULT_LOG_RING_BYTES,
@@ -202,6 +207,7 @@ impl Supervisor {
             .unwrap_or_default();
         let shared = Shared {
             cgroup_root: options.cgroup_root,
+            launch_records: options.launch_records,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
             queued_starts: Arc::default(),
             events: events.clone(),

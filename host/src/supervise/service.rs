@@ -22,6 +22,8 @@ use crate::plugin::{
 };
 use crate::runtime::cgroup::Cgroup;
 use crate::runtime::container;
+use crate::runtime::orphans::LaunchRecords;
+use crate::runtime::ports::Listener;
 use crate::runtime::{
     spawn, ContainerSpec, Exit, Launched, LineSink, OutputLine, ProcessSpec, Stream,
 };
@@ -201,6 +203,7 @@ impl Dependency {
 #[derive(Clone)]
 pub(super) struct Shared {
     pub cgroup_root: Option<PathBuf>,
+    pub launch_records: Option<LaunchRecords>,
     pub starts: Arc<Semaphore>,
     /// Launches waiting for a start slot now.
     pub queued_starts: Arc<std::sync::atomic::AtomicUsize>,
@@ -687,8 +690,13 @@ impl Runner {
             tail: VecDeque::new(),
             ready_token,
             launched_at: Instant::now(),
+            foreign_noted: false,
         };
         let outcome = launch.watch().await;
+        // Its processes are gone (the watch ends only once they are).
+        if let Some(records) = &self.shared.launch_records {
+            records.forget(&self.launch_id);
+        }
         let mut ended = None;
         self.status.send_modify(|status| {
             status.pid = None;
@@ -762,16 +770,20 @@ impl Runner {
                         })
                         .ok()
                 });
-                spawn(&spec, cgroup, lines)
-                    .map(Launched::Process)
-                    .map_err(|error| {
-                        let reason = format!("cannot start `{}`: {error}", process.program);
-                        if is_transient(&error) {
-                            LaunchError::Transient(reason)
-                        } else {
-                            LaunchError::Fatal(reason)
-                        }
-                    })
+                let launched = spawn(&spec, cgroup, lines);
+                if let (Ok(process), Some(records)) = (&launched, &self.shared.launch_records) {
+                    if let Err(error) = records.record(&self.launch_id, process.pid()) {
+                        tracing::warn!(service = %name, "cannot record the launch: {error}");
+                    }
+                }
+                launched.map(Launched::Process).map_err(|error| {
+                    let reason = format!("cannot start `{}`: {error}", process.program);
+                    if is_transient(&error) {
+                        LaunchError::Transient(reason)
+                    } else {
+                        LaunchError::Fatal(reason)
+                    }
+                })
             }
             Launch::Container(plan) => {
                 let container = plan;
@@ -874,6 +886,8 @@ struct Running<'a> {
     /// What this launch's ready callback must present.
     ready_token: String,
     launched_at: Instant,
+    /// Whether the log says already that another program answers on the port.
+    foreign_noted: bool,
 }
 
 enum Event {
@@ -921,11 +935,16 @@ impl Running<'_> {
             let progress = match event {
                 Event::Line(line) => self.on_line(line).await,
                 Event::ReadinessProbe => {
-                    self.probe(
-                        &self.plan.readiness.path.clone(),
-                        self.plan.readiness.timeout_ms,
-                    )
-                    .await
+                    let answer = self
+                        .probe(
+                            &self.plan.readiness.path.clone(),
+                            self.plan.readiness.timeout_ms,
+                        )
+                        .await;
+                    match answer {
+                        Ok(Progress::Ready) => Ok(self.answered_by_this_launch().await),
+                        other => other,
+                    }
                 }
                 Event::LivenessProbe => {
                     let probe = self.plan.liveness.clone().expect("guarded");
@@ -1063,6 +1082,27 @@ impl Running<'_> {
             .call(move |session| session.on_probe(&response))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// A probe answer counts as readiness only when this launch holds the port:
+    /// another program there (an orphan of an earlier run, say) answers too.
+    async fn answered_by_this_launch(&mut self) -> Progress {
+        let port = self.runner.spec.service.port;
+        let Listener::Foreign(pid, name) = self.process.listener(port).await else {
+            return Progress::Ready;
+        };
+        if !self.foreign_noted {
+            self.foreign_noted = true;
+            let note = format!(
+                "port {port} answered, but pid {pid} ({name}) holds it, not this launch; not ready yet"
+            );
+            tracing::warn!(service = %self.runner.spec.service.name, "{note}");
+            self.runner.logs.push(&OutputLine {
+                stream: Stream::Stderr,
+                text: format!("nanny: {note}"),
+            });
+        }
+        Progress::Nothing
     }
 
     /// Asks the ready backend what it serves; a backend that cannot say still serves.
