@@ -2,7 +2,7 @@
 //! things happen (a probe, a plugin call, a service turning ready); gauges are made
 //! fresh at each scrape from the supervisor's statuses and `/proc/self`.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -12,9 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::gpu::GpuSnapshot;
-use crate::supervise::ServiceStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -33,11 +30,21 @@ struct StateLabel {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// The process-wide histograms.
+/// The daemon's histograms.
 struct Timings {
     time_to_ready: Histograms<ServiceLabel>,
     probe_latency: Histograms<ServiceLabel>,
     plugin_call: Histograms<PluginLabel>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            time_to_ready: Family::new_with_constructor(seconds_from_100ms),
+            probe_latency: Family::new_with_constructor(seconds_from_100us),
+            plugin_call: Family::new_with_constructor(seconds_from_100us),
+        }
+    }
 }
 
 fn seconds_from_100us() -> Histogram {
@@ -50,46 +57,120 @@ fn seconds_from_100ms() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 15))
 }
 
-fn timings() -> &'static Timings {
-    static TIMINGS: OnceLock<Timings> = OnceLock::new();
-    TIMINGS.get_or_init(|| Timings {
-        time_to_ready: Family::new_with_constructor(seconds_from_100ms),
-        probe_latency: Family::new_with_constructor(seconds_from_100us),
-        plugin_call: Family::new_with_constructor(seconds_from_100us),
-    })
+/// What `/metrics` shows of the moment: counted by whoever asks, from their own
+/// state, so this module depends on nobody.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every state name with how many services are in it (zeros included).
+    pub services_by_state: Vec<(&'static str, usize)>,
+    /// (service, lifetime restarts).
+    pub restarts: Vec<(String, u32)>,
+    pub gpus: Vec<GpuFigures>,
 }
 
-/// From launch to ready, once per launch.
-pub fn observe_time_to_ready(service: &str, took: Duration) {
-    observe(
-        &timings().time_to_ready,
-        ServiceLabel {
-            service: service.into(),
-        },
-        took,
-    );
+/// One device as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct GpuFigures {
+    pub index: u32,
+    pub uuid: String,
+    pub memory_total_mib: u64,
+    pub memory_used_mib: u64,
+    pub leases: usize,
 }
 
-/// One readiness or liveness probe, answered or not.
-pub fn observe_probe(service: &str, took: Duration) {
-    observe(
-        &timings().probe_latency,
-        ServiceLabel {
-            service: service.into(),
-        },
-        took,
-    );
+/// The handle whoever records passes around; clones share the same figures.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    timings: Arc<Timings>,
 }
 
-/// One call into a plugin, on its session's thread.
-pub fn observe_plugin_call(plugin: &str, took: Duration) {
-    observe(
-        &timings().plugin_call,
-        PluginLabel {
-            plugin: plugin.into(),
-        },
-        took,
-    );
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// From launch to ready, once per launch.
+    pub fn observe_time_to_ready(&self, service: &str, took: Duration) {
+        observe(
+            &self.timings.time_to_ready,
+            ServiceLabel {
+                service: service.into(),
+            },
+            took,
+        );
+    }
+
+    /// One readiness or liveness probe, answered or not.
+    pub fn observe_probe(&self, service: &str, took: Duration) {
+        observe(
+            &self.timings.probe_latency,
+            ServiceLabel {
+                service: service.into(),
+            },
+            took,
+        );
+    }
+
+    /// One call into a plugin, on its session's thread.
+    pub fn observe_plugin_call(&self, plugin: &str, took: Duration) {
+        observe(
+            &self.timings.plugin_call,
+            PluginLabel {
+                plugin: plugin.into(),
+            },
+            took,
+        );
+    }
+
+    /// Every metric in Prometheus' text format.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut registry = Registry::with_prefix("nanny");
+        let timings = &self.timings;
+        registry.register_with_unit(
+            "time_to_ready",
+            "From launch to ready",
+            Unit::Seconds,
+            timings.time_to_ready.clone(),
+        );
+        registry.register_with_unit(
+            "probe_duration",
+            "Readiness and liveness probes",
+            Unit::Seconds,
+            timings.probe_latency.clone(),
+        );
+        registry.register_with_unit(
+            "plugin_call_duration",
+            "Calls into backend plugins",
+            Unit::Seconds,
+            timings.plugin_call.clone(),
+        );
+
+        let by_state = Family::<StateLabel, Gauge>::default();
+        for (state, count) in &snapshot.services_by_state {
+            by_state
+                .get_or_create(&StateLabel {
+                    state: (*state).into(),
+                })
+                .set(*count as i64);
+        }
+        registry.register("services", "Services by state", by_state);
+        let restarts = Family::<ServiceLabel, Counter>::default();
+        for (service, count) in &snapshot.restarts {
+            restarts
+                .get_or_create(&ServiceLabel {
+                    service: service.clone(),
+                })
+                .inc_by(u64::from(*count));
+        }
+        registry.register("service_restarts", "Restarts of each service", restarts);
+        register_gpus(&mut registry, &snapshot.gpus);
+        let mut text = String::new();
+        let _ = encode_without_eof(&mut text, &registry);
+        let _ = encode(&mut text, &process_registry());
+        text
+    }
 }
 
 fn observe<L>(family: &Histograms<L>, label: L, took: Duration)
@@ -99,59 +180,8 @@ where
     family.get_or_create(&label).observe(took.as_secs_f64());
 }
 
-/// Every metric in Prometheus' text format.
-pub fn render(statuses: &[ServiceStatus], gpus: &GpuSnapshot) -> String {
-    let mut registry = Registry::with_prefix("nanny");
-    let timings = timings();
-    registry.register_with_unit(
-        "time_to_ready",
-        "From launch to ready",
-        Unit::Seconds,
-        timings.time_to_ready.clone(),
-    );
-    registry.register_with_unit(
-        "probe_duration",
-        "Readiness and liveness probes",
-        Unit::Seconds,
-        timings.probe_latency.clone(),
-    );
-    registry.register_with_unit(
-        "plugin_call_duration",
-        "Calls into backend plugins",
-        Unit::Seconds,
-        timings.plugin_call.clone(),
-    );
-
-    let by_state = Family::<StateLabel, Gauge>::default();
-    for state in [
-        "stopped",
-        "waiting",
-        "starting",
-        "ready",
-        "unhealthy",
-        "stopping",
-        "backoff",
-        "failed",
-    ] {
-        let count = statuses.iter().filter(|s| s.state.name() == state).count();
-        by_state
-            .get_or_create(&StateLabel {
-                state: state.into(),
-            })
-            .set(count as i64);
-    }
-    registry.register("services", "Services by state", by_state);
-    let restarts = Family::<ServiceLabel, Counter>::default();
-    for status in statuses {
-        restarts
-            .get_or_create(&ServiceLabel {
-                service: status.name.clone(),
-            })
-            .inc_by(u64::from(status.restarts));
-    }
-    registry.register("service_restarts", "Restarts of each service", restarts);
-    register_gpus(&mut registry, gpus);
-
+/// The daemon's own CPU, memory, threads and descriptors.
+fn process_registry() -> Registry {
     let mut process = Registry::default();
     if let Some(stat) = ProcessStat::read() {
         let cpu = Counter::<f64>::default();
@@ -174,11 +204,7 @@ pub fn render(statuses: &[ServiceStatus], gpus: &GpuSnapshot) -> String {
         open.set(fds.count() as i64);
         process.register("process_open_fds", "Open file descriptors", open);
     }
-
-    let mut text = String::new();
-    let _ = encode_without_eof(&mut text, &registry);
-    let _ = encode(&mut text, &process);
-    text
+    process
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,11 +214,11 @@ struct GpuLabel {
 }
 
 /// Per device: memory total and used, and how many leases it carries.
-fn register_gpus(registry: &mut Registry, gpus: &GpuSnapshot) {
+fn register_gpus(registry: &mut Registry, gpus: &[GpuFigures]) {
     let total = Family::<GpuLabel, Gauge>::default();
     let used = Family::<GpuLabel, Gauge>::default();
     let leases = Family::<GpuLabel, Gauge>::default();
-    for device in &gpus.devices {
+    for device in gpus {
         let label = GpuLabel {
             gpu: device.index.to_string(),
             uuid: device.uuid.clone(),
@@ -203,7 +229,7 @@ fn register_gpus(registry: &mut Registry, gpus: &GpuSnapshot) {
             .set((device.memory_total_mib * mib) as i64);
         used.get_or_create(&label)
             .set((device.memory_used_mib * mib) as i64);
-        leases.get_or_create(&label).set(device.leases.len() as i64);
+        leases.get_or_create(&label).set(device.leases as i64);
     }
     registry.register_with_unit("gpu_memory_total", "GPU memory", Unit::Bytes, total);
     registry.register_with_unit("gpu_memory_used", "GPU memory in use", Unit::Bytes, used);

@@ -115,7 +115,34 @@ async fn gpu_snapshot(api: &ApiState) -> GpuSnapshot {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
     let gpus = gpu_snapshot(&api).await;
-    let text = crate::metrics::render(&api.supervisor.statuses(), &gpus);
+    let statuses = api.supervisor.statuses();
+    let snapshot = crate::metrics::Snapshot {
+        services_by_state: ServiceState::NAMES
+            .iter()
+            .map(|name| {
+                (
+                    *name,
+                    statuses.iter().filter(|s| s.state.name() == *name).count(),
+                )
+            })
+            .collect(),
+        restarts: statuses
+            .iter()
+            .map(|s| (s.name.clone(), s.restarts))
+            .collect(),
+        gpus: gpus
+            .devices
+            .iter()
+            .map(|device| crate::metrics::GpuFigures {
+                index: device.index,
+                uuid: device.uuid.clone(),
+                memory_total_mib: device.memory_total_mib,
+                memory_used_mib: device.memory_used_mib,
+                leases: device.leases.len(),
+            })
+            .collect(),
+    };
+    let text = api.supervisor.metrics().render(&snapshot);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,5 +1,6 @@
 //! `nanny config check [CONFIG]` and `nanny config show [CONFIG]`.
 
+use crate::metrics::Metrics;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -18,22 +19,26 @@ pub struct Checked {
 
 /// Loads `path` and checks it against the plugins, or prints every error and
 /// returns the exit code.
-pub fn load_checked(path: &Path) -> Result<Checked, ExitCode> {
-    load(path).map_err(|(message, code)| {
+pub fn load_checked(path: &Path, metrics: &Metrics) -> Result<Checked, ExitCode> {
+    load(path, metrics).map_err(|(message, code)| {
         eprintln!("{message}");
         code
     })
 }
 
 /// `load_checked` for a reload: every error, as text.
-pub fn load_for_reload(path: &Path) -> Result<Checked, String> {
-    load(path).map_err(|(message, _)| message)
+pub fn load_for_reload(path: &Path, metrics: &Metrics) -> Result<Checked, String> {
+    load(path, metrics).map_err(|(message, _)| message)
 }
 
-fn load(path: &Path) -> Result<Checked, (String, ExitCode)> {
+fn load(path: &Path, metrics: &Metrics) -> Result<Checked, (String, ExitCode)> {
     let config = Config::load(path).map_err(|errors| (errors.to_string(), ExitCode::from(2)))?;
-    let catalog = super::load_catalog(&config.daemon.state_dir, &config.daemon.plugin_dirs)
-        .map_err(|error| (format!("error: {error:#}"), ExitCode::FAILURE))?;
+    let catalog = super::load_catalog(
+        &config.daemon.state_dir,
+        &config.daemon.plugin_dirs,
+        metrics.clone(),
+    )
+    .map_err(|error| (format!("error: {error:#}"), ExitCode::FAILURE))?;
     let specs = config
         .service_specs(&catalog)
         .map_err(|errors| (errors.to_string(), ExitCode::from(2)))?;
@@ -45,7 +50,7 @@ fn load(path: &Path) -> Result<Checked, (String, ExitCode)> {
 }
 
 pub fn check(path: &Path) -> ExitCode {
-    match load_checked(path) {
+    match load_checked(path, &Metrics::default()) {
         Ok(checked) => {
             let errors = checked.config.launch_errors(&checked.specs);
             if !errors.is_empty() {
@@ -60,7 +65,7 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 pub fn show(path: &Path, as_json: bool) -> ExitCode {
-    let Checked { config, specs, .. } = match load_checked(path) {
+    let Checked { config, specs, .. } = match load_checked(path, &Metrics::default()) {
         Ok(checked) => checked,
         Err(code) => return code,
     };

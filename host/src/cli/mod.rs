@@ -156,10 +156,11 @@ pub enum PluginsAction {
 fn load_catalog(
     state_dir: &std::path::Path,
     plugin_dirs: &[PathBuf],
+    metrics: crate::metrics::Metrics,
 ) -> anyhow::Result<crate::plugin::Catalog> {
     use crate::plugin::{Catalog, Limits, PluginEngine};
     let cache = crate::paths::component_cache(state_dir);
-    let engine = PluginEngine::new(Limits::default(), Some(cache))
+    let engine = PluginEngine::with_metrics(Limits::default(), Some(cache), metrics)
         .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
     let catalog = Catalog::load(&engine, plugin_dirs);
     for problem in catalog.problems() {

@@ -8,7 +8,11 @@ use crate::paths;
 use crate::plugin::PluginInfo;
 
 pub fn run(action: PluginsAction, json: bool) -> anyhow::Result<ExitCode> {
-    let catalog = super::load_catalog(&paths::default_state_dir(), &paths::env_plugin_dirs())?;
+    let catalog = super::load_catalog(
+        &paths::default_state_dir(),
+        &paths::env_plugin_dirs(),
+        crate::metrics::Metrics::default(),
+    )?;
     let infos: Vec<&PluginInfo> = catalog.plugins().map(|plugin| &plugin.info).collect();
     match action {
         PluginsAction::List if json => println!("{}", serde_json::to_string_pretty(&infos)?),

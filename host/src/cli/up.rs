@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use super::config::Checked;
 use crate::api::{self, Access, ApiState};
 use crate::gpu::{GpuBroker, Inventory};
+use crate::metrics::Metrics;
 use crate::supervise::{ReloadReport, State, StateChange, Supervisor, SupervisorOptions};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -36,11 +37,12 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    let metrics = Metrics::default();
     let Checked {
         config,
         catalog,
         specs,
-    } = match super::config::load_checked(path) {
+    } = match super::config::load_checked(path, &metrics) {
         Ok(checked) => checked,
         Err(code) => return Ok(code),
     };
@@ -91,6 +93,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let options = SupervisorOptions {
             max_concurrent_starts: config.daemon.max_concurrent_starts,
             cgroup_root: containment.cgroup.clone(),
+            metrics: metrics.clone(),
             launch_records: Some(containment.launches.clone()),
             state_file: Some(config.daemon.state_dir.join("services.json")),
             log_dir: Some(config.daemon.state_dir.join("logs")),
@@ -177,9 +180,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
 /// own settings (address, state directory, token) take effect at the next start.
 async fn reload_from(supervisor: &Supervisor, path: &Path) -> Result<ReloadReport, String> {
     let owned = path.to_path_buf();
-    let checked = tokio::task::spawn_blocking(move || super::config::load_for_reload(&owned))
-        .await
-        .map_err(|error| error.to_string())??;
+    let metrics = supervisor.metrics().clone();
+    let checked =
+        tokio::task::spawn_blocking(move || super::config::load_for_reload(&owned, &metrics))
+            .await
+            .map_err(|error| error.to_string())??;
     if let Err(error) = checked.config.remember_ports(&checked.specs) {
         tracing::warn!("cannot remember the ports picked: {error}");
     }

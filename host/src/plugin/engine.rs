@@ -1,6 +1,7 @@
 //! The one wasmtime engine: configuration, the epoch ticker behind call deadlines,
 //! the linker every plugin is instantiated with, and the compiled-component cache.
 
+use crate::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +49,22 @@ pub struct PluginEngine {
     pub(super) linker: Linker<StoreState>,
     pub(super) cache: ComponentCache,
     pub(super) limits: Limits,
+    /// Where each plugin call's duration goes.
+    pub(super) metrics: Metrics,
 }
 
 impl PluginEngine {
     /// An engine with `limits`, caching compiled components in `cache_dir`.
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Arc<Self>> {
+        Self::with_metrics(limits, cache_dir, Metrics::default())
+    }
+
+    /// `new`, timing every plugin call into `metrics`.
+    pub fn with_metrics(
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+        metrics: Metrics,
+    ) -> wasmtime::Result<Arc<Self>> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -68,6 +80,7 @@ impl PluginEngine {
             linker,
             cache: ComponentCache::new(cache_dir),
             limits,
+            metrics,
         }))
     }
 

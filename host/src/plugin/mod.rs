@@ -15,7 +15,7 @@ mod session;
 pub use bindings::exports::nanny::backend::session::{
     ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service,
 };
-pub use bindings::nanny::backend::types::{Gpu, Launch, Setting, Value};
+pub use bindings::nanny::backend::types::{Gpu, Launch, Probe, Process, Setting, Value};
 pub use bindings::WIT_VERSION;
 pub use catalog::{builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, SettingInfo};
 pub use engine::{Limits, PluginEngine};

@@ -208,7 +208,11 @@ impl SessionHandle {
         let job: Job = Box::new(move |session| {
             let began = std::time::Instant::now();
             let result = work(session);
-            crate::metrics::observe_plugin_call(session.plugin.name(), began.elapsed());
+            session
+                .plugin
+                .engine
+                .metrics
+                .observe_plugin_call(session.plugin.name(), began.elapsed());
             let _ = reply.send(result);
         });
         self.jobs.send(job).map_err(|_| gone())?;

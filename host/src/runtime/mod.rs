@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod launcher;
 pub mod orphans;
 pub mod ports;
 pub mod process;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use container::{ContainerHandle, ContainerSpec};
+pub use launcher::{Containers, LaunchError, LaunchOrder, LaunchWhat, Launcher};
 pub use process::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};
 
 /// Where a launch's output lines go. The record (the service's log) takes each

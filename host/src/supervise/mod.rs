@@ -3,12 +3,18 @@
 
 mod backoff;
 mod events;
+mod launch;
 mod logs;
 mod order;
 mod persist;
 mod probe;
-mod service;
+mod runner;
+mod running;
+mod spec;
 mod state;
+#[cfg(test)]
+mod tests;
+mod world;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,14 +29,17 @@ pub use events::EventLog;
 pub use logs::{LogBook, LogLine, LogWriter};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
-pub use service::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
+pub use spec::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
 pub use state::{ModelInfo, ServiceStatus, State, StateChange};
+pub use world::{Backend, Session, World};
 
 use crate::gpu::{Conflict, GpuBroker, GpuMode, GpuRequest};
 pub(crate) use crate::locks::lock;
+use crate::metrics::Metrics;
 use crate::plugin::PluginSession;
 use crate::runtime::orphans::LaunchRecords;
-use service::{Dependency, Runner, Shared};
+use crate::runtime::{Containers, Launcher};
+use runner::{Dependency, Runner, Shared};
 
 /// How the supervisor runs its services.
 #[derive(Debug, Clone)]
@@ -57,6 +66,8 @@ pub struct SupervisorOptions {
     /// Reconcile this instance's containers at launch (the daemon does), rather
     /// than on the first container launch.
     pub containers_at_start: bool,
+    /// Where the supervisor records what it times (probes, time to ready).
+    pub metrics: Metrics,
 }
 
 impl SupervisorOptions {
@@ -73,6 +84,7 @@ impl SupervisorOptions {
             gpus: None,
             instance: format!("mem{}", std::process::id()),
             containers_at_start: false,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -196,6 +208,25 @@ impl Supervisor {
         specs: Vec<ServiceSpec>,
         options: SupervisorOptions,
     ) -> Result<Self, SuperviseError> {
+        let containers = Containers::new(options.instance.clone());
+        if options.containers_at_start {
+            let containers = containers.clone();
+            tokio::spawn(async move { containers.engine().await });
+        }
+        let launcher = Launcher {
+            cgroup_root: options.cgroup_root.clone(),
+            records: options.launch_records.clone(),
+            containers,
+        };
+        Self::launch_in(Arc::new(launcher), specs, options)
+    }
+
+    /// `launch`, acting on `world` rather than on this machine.
+    pub(crate) fn launch_in(
+        world: Arc<dyn World>,
+        specs: Vec<ServiceSpec>,
+        options: SupervisorOptions,
+    ) -> Result<Self, SuperviseError> {
         let (graph, order) = plan_order(&specs)?;
         let events = Arc::new(EventLog::default());
         let first_events = events.subscribe();
@@ -206,22 +237,14 @@ impl Supervisor {
             .map(persist::load)
             .unwrap_or_default();
         let shared = Shared {
-            cgroup_root: options.cgroup_root,
-            launch_records: options.launch_records,
+            world,
             starts: Arc::new(Semaphore::new(options.max_concurrent_starts.max(1))),
             queued_starts: Arc::default(),
             events: events.clone(),
             ready_url: options.ready_url,
             gpus: options.gpus.clone(),
-            instance: options.instance.clone(),
-            docker: Arc::default(),
-            adoptable: Arc::default(),
-            live_containers: Arc::default(),
+            metrics: options.metrics,
         };
-        if options.containers_at_start {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.docker().await });
-        }
         let log_writer = match options.log_dir {
             Some(_) => match LogWriter::start() {
                 Ok(writer) => Some(writer),
@@ -569,6 +592,11 @@ impl Supervisor {
         broker
             .check(name, &request)
             .map_err(SuperviseError::GpuConflict)
+    }
+
+    /// Where this supervisor's figures go, for `/metrics` to render.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The `nanny.instance` label of this supervisor's containers.

@@ -32,6 +32,19 @@ pub enum State {
 }
 
 impl State {
+    /// Every state's name, in lifecycle order: the one list the API, the CLI and
+    /// `/metrics` use.
+    pub const NAMES: [&'static str; 8] = [
+        "stopped",
+        "waiting",
+        "starting",
+        "ready",
+        "unhealthy",
+        "stopping",
+        "backoff",
+        "failed",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             State::Stopped => "stopped",

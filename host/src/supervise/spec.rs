@@ -1,0 +1,130 @@
+//! What a service is run from, as its task sees it: the spec built from the
+//! configuration, and the commands the supervisor sends it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::backoff::BackoffPolicy;
+use crate::gpu::GpuRequest;
+use crate::plugin::{Plan, Plugin, Service};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub max_restarts: Option<u32>,
+    pub backoff: BackoffPolicy,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::OnFailure,
+            max_restarts: None,
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The dependency's process is running.
+    Started,
+    /// The dependency is ready.
+    Ready,
+}
+
+/// The service's own probe settings, which override the plugin's plan.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOverrides {
+    /// Probed instead of the plugin's paths (a manifest's health endpoint).
+    pub path: Option<String>,
+    pub readiness_period: Option<Duration>,
+    pub liveness_period: Option<Duration>,
+    pub liveness_timeout: Option<Duration>,
+}
+
+impl ProbeOverrides {
+    pub(super) fn apply(&self, plan: &mut Plan) {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
+        if let Some(period) = self.readiness_period {
+            plan.readiness.period_ms = ms(period);
+        }
+        if let Some(path) = &self.path {
+            plan.readiness.path.clone_from(path);
+            if let Some(liveness) = plan.liveness.as_mut() {
+                liveness.path.clone_from(path);
+            }
+        }
+        if let Some(liveness) = plan.liveness.as_mut() {
+            if let Some(period) = self.liveness_period {
+                liveness.period_ms = ms(period);
+            }
+            if let Some(timeout) = self.liveness_timeout {
+                liveness.timeout_ms = ms(timeout);
+            }
+        }
+    }
+}
+
+/// Everything a service task needs to know.
+#[derive(Clone)]
+pub struct ServiceSpec {
+    pub service: Service,
+    pub plugin: Arc<Plugin>,
+    pub restart: RestartPolicy,
+    pub startup_timeout: Duration,
+    pub depends_on: Vec<(String, Condition)>,
+    pub autostart: bool,
+    pub probes: ProbeOverrides,
+    pub gpu: GpuRequest,
+    /// What the service is, for people.
+    pub description: Option<String>,
+    /// Idle time after which the gateway may stop the service (a manifest's
+    /// `scheduling.auto_stop_after`); the supervisor itself never does.
+    pub idle_stop: Option<Duration>,
+}
+
+impl ServiceSpec {
+    /// `service` run by `plugin` with nanny's defaults: restart on failure with the
+    /// default back-off, 10 minutes to show progress, started at once, no
+    /// dependencies, the plugin's own probe periods.
+    pub fn new(service: Service, plugin: Arc<Plugin>) -> Self {
+        Self {
+            service,
+            plugin,
+            restart: RestartPolicy::default(),
+            startup_timeout: Duration::from_secs(600),
+            depends_on: Vec::new(),
+            autostart: true,
+            probes: ProbeOverrides::default(),
+            gpu: GpuRequest::default(),
+            description: None,
+            idle_stop: None,
+        }
+    }
+}
+
+/// What a service task is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Start,
+    Restart,
+    Stop(oneshot::Sender<()>),
+    /// The backend announced itself at `NANNY_READY_URL`; the reply says whether
+    /// the token was this launch's.
+    MarkReady {
+        token: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
