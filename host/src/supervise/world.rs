@@ -12,8 +12,8 @@ use futures_util::FutureExt;
 
 use super::probe::{self, ProbeResponse};
 use crate::plugin::{
-    ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Plugin, PluginSession, Progress,
-    Service, SessionHandle,
+    ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Plugin, PluginError, PluginSession,
+    Progress, Service, SessionHandle,
 };
 use crate::runtime::ports::Listener;
 use crate::runtime::{Exit, LaunchError, LaunchOrder, Launched, Launcher, LineSink};
@@ -133,42 +133,22 @@ impl Backend for Launched {
 
 impl Session for SessionHandle {
     fn plan(&self) -> BoxFuture<'_, Result<Result<Plan, Vec<ConfigError>>, String>> {
-        async move {
-            self.call(|session| session.plan())
-                .await
-                .map_err(|error| error.to_string())
-        }
-        .boxed()
+        ask(self, |session| session.plan())
     }
 
     fn on_output(&self, source: Output, line: String) -> BoxFuture<'_, Result<Progress, String>> {
-        async move {
-            self.call(move |session| session.on_output(source, &line))
-                .await
-                .map_err(|error| error.to_string())
-        }
-        .boxed()
+        ask(self, move |session| session.on_output(source, &line))
     }
 
     fn on_probe(&self, response: HttpResponse) -> BoxFuture<'_, Result<Progress, String>> {
-        async move {
-            self.call(move |session| session.on_probe(&response))
-                .await
-                .map_err(|error| error.to_string())
-        }
-        .boxed()
+        ask(self, move |session| session.on_probe(&response))
     }
 
     fn models(
         &self,
         response: HttpResponse,
     ) -> BoxFuture<'_, Result<Result<Vec<Model>, String>, String>> {
-        async move {
-            self.call(move |session| session.models(&response))
-                .await
-                .map_err(|error| error.to_string())
-        }
-        .boxed()
+        ask(self, move |session| session.models(&response))
     }
 
     fn on_exit(
@@ -176,11 +156,16 @@ impl Session for SessionHandle {
         exit: Exit,
         last_lines: Vec<String>,
     ) -> BoxFuture<'_, Result<ExitAdvice, String>> {
-        async move {
-            self.call(move |session| session.on_exit(exit.code, exit.signal, &last_lines))
-                .await
-                .map_err(|error| error.to_string())
-        }
-        .boxed()
+        ask(self, move |session| {
+            session.on_exit(exit.code, exit.signal, &last_lines)
+        })
     }
+}
+
+/// One call on the session's thread, its failure as text.
+fn ask<R: Send + 'static>(
+    handle: &SessionHandle,
+    work: impl FnOnce(&mut PluginSession) -> Result<R, PluginError> + Send + 'static,
+) -> BoxFuture<'_, Result<R, String>> {
+    async move { handle.call(work).await.map_err(|error| error.to_string()) }.boxed()
 }
