@@ -196,6 +196,23 @@ fn a_bad_config_is_refused_with_file_line_and_key() {
         format!("{path}:3: `prot`: unknown key; did you mean `port`?")
     );
 
+    // Every unknown key at once, in the order written, each on its own line.
+    std::fs::write(
+        &config,
+        "[daemon]\nlisen = \"127.0.0.1:0\"\n\n[services.chat]\nbackend = \"mock\"\nprot = 8000\nrestart = { policy = \"always\", max_restart = 3 }\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim().lines().collect::<Vec<_>>(),
+        [
+            format!("{path}:2: `lisen`: unknown key; did you mean `listen`?"),
+            format!("{path}:6: `prot`: unknown key; did you mean `port`?"),
+            format!("{path}:7: `max_restart`: unknown key; did you mean `max_restarts`?"),
+        ]
+    );
+
     std::fs::write(&config, "[services.a]\nbackend = \"mock\"\ndepends_on = [\"b\"]\n\n[services.b]\nbackend = \"mock\"\ndepends_on = { a = \"started\" }\n").unwrap();
     let (ok, _, stderr) = nanny(&["up", path], &[], dir.path());
     assert!(!ok, "nanny up refuses a cycle");

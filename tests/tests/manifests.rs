@@ -107,6 +107,27 @@ fn manifest_errors_name_the_manifest_line_and_key() {
         )
     );
 
+    write(
+        &yaml,
+        "name: chat\nbackend: mock\nprot: 8000\nscheduling:\n  auto_strat: true\n",
+    );
+    let (ok, _, stderr) = config(dir.path(), &["check"]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim().lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{}:3: `prot`: unknown key; did you mean `port`?",
+                yaml.display()
+            ),
+            format!(
+                "{}:5: `auto_strat`: unknown key; did you mean `auto_start`?",
+                yaml.display()
+            ),
+        ],
+        "every unknown key of a manifest"
+    );
+
     write(&yaml, "name: chat\nbackend: mock\nsettings:\n  model: x\n");
     let (ok, _, stderr) = config(dir.path(), &["check"]);
     assert!(!ok);

@@ -78,7 +78,7 @@ pub(super) fn discover(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Reads and parses one manifest.
-pub(super) fn read(path: &Path) -> Result<(ManifestFile, RawService), ConfigError> {
+pub(super) fn read(path: &Path) -> Result<(ManifestFile, RawService), Vec<ConfigError>> {
     let whole_file = |message: String| ConfigError {
         file: path.to_path_buf(),
         line: 0,
@@ -86,14 +86,14 @@ pub(super) fn read(path: &Path) -> Result<(ManifestFile, RawService), ConfigErro
         message,
     };
     let original = std::fs::read_to_string(path)
-        .map_err(|error| whole_file(format!("cannot read: {error}")))?;
+        .map_err(|error| vec![whole_file(format!("cannot read: {error}"))])?;
     let is_yaml = path
         .extension()
         .is_some_and(|extension| extension != "toml");
     let file = if is_yaml {
         ManifestFile {
             path: path.to_path_buf(),
-            text: yaml_to_toml(path, &original)?,
+            text: yaml_to_toml(path, &original).map_err(|error| vec![error])?,
             yaml: Some(original),
         }
     } else {
@@ -103,8 +103,13 @@ pub(super) fn read(path: &Path) -> Result<(ManifestFile, RawService), ConfigErro
             yaml: None,
         }
     };
+    // Every unknown key at once; serde would stop at the first.
+    let unknown = super::keys::unknown_in_manifest(&file.source());
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
     let service =
-        toml::from_str(&file.text).map_err(|error| parse_error(&file.source(), &error))?;
+        toml::from_str(&file.text).map_err(|error| vec![parse_error(&file.source(), &error)])?;
     Ok((file, service))
 }
 

@@ -4,6 +4,7 @@
 pub mod duration;
 mod error;
 mod file;
+mod keys;
 mod manifest;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,11 @@ impl Config {
             text: &text,
             yaml: None,
         };
+        // Every unknown key at once; serde would stop at the first.
+        let unknown = keys::unknown_in_config(&source);
+        if !unknown.is_empty() {
+            return Err(ConfigErrors(unknown));
+        }
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|error| ConfigErrors(vec![parse_error(&source, &error)]))?;
         let mut daemon = resolve_daemon(&source, &raw)?;
@@ -134,12 +140,12 @@ impl Config {
                                 manifests.push(file);
                                 services.push(declared);
                             }
-                            Err(error) => errors.push(error),
+                            Err(problems) => errors.extend(problems),
                         }
                     }
                 }
                 Err(message) => {
-                    let offset = text.find("services_dir").unwrap_or(0);
+                    let offset = keys::offset_of(&text, &["daemon", "services_dir"]).unwrap_or(0);
                     errors.push(source.error(offset, "daemon.services_dir", message));
                 }
             }
@@ -307,10 +313,16 @@ impl Config {
                         } else {
                             declared.key(&format!("settings.{}", refusal.key))
                         };
-                        let offset = source
-                            .text
-                            .find(&refusal.key)
-                            .unwrap_or(declared.name_offset);
+                        let mut path: Vec<&str> = match declared.manifest {
+                            None => vec!["services", &declared.name],
+                            Some(_) => Vec::new(),
+                        };
+                        if !SERVICE_KEYS.contains(&refusal.key.as_str()) {
+                            path.push("settings");
+                        }
+                        path.push(&refusal.key);
+                        let offset =
+                            keys::offset_of(source.text, &path).unwrap_or(declared.name_offset);
                         errors.push(source.error(offset, key, refusal.message));
                     }
                 }
@@ -380,9 +392,10 @@ fn declare_manifest(
     path: &Path,
     index: usize,
     declared: &[Declared],
-) -> Result<(ManifestFile, Declared), ConfigError> {
+) -> Result<(ManifestFile, Declared), Vec<ConfigError>> {
     let (file, raw) = manifest::read(path)?;
     let source = file.source();
+    let one = |error: ConfigError| vec![error];
     let (name, name_offset) = match &raw.name {
         Some(name) => (name.get_ref().clone(), name.span().start),
         None => {
@@ -391,14 +404,18 @@ fn declare_manifest(
         }
     };
     if !crate::names::is_valid(&name) {
-        return Err(source.error(name_offset, "name", format!("`{name}`: {BAD_NAME}")));
+        return Err(one(source.error(
+            name_offset,
+            "name",
+            format!("`{name}`: {BAD_NAME}"),
+        )));
     }
     if declared.iter().any(|other| other.name == name) {
-        return Err(source.error(
+        return Err(one(source.error(
             name_offset,
             "name",
             format!("a service named `{name}` is already declared"),
-        ));
+        )));
     }
     let declared = Declared {
         name,
@@ -549,7 +566,7 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
             )
         }),
         None => daemon.listen.parse().map_err(|_| {
-            let offset = source.text.find("listen").unwrap_or(0);
+            let offset = keys::offset_of(source.text, &["daemon", "listen"]).unwrap_or(0);
             source.error(
                 offset,
                 "daemon.listen",
@@ -575,7 +592,7 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
             Ok(mib) if mib > 0 => (mib as usize).saturating_mul(1 << 20),
             Ok(_) => DEFAULT_LOG_RING_BYTES,
             Err(message) => {
-                let offset = source.text.find("log_ring").unwrap_or(0);
+                let offset = keys::offset_of(source.text, &["daemon", "log_ring"]).unwrap_or(0);
                 errors.push(source.error(offset, "daemon.log_ring", message));
                 DEFAULT_LOG_RING_BYTES
             }
@@ -583,7 +600,7 @@ fn resolve_daemon(source: &Source<'_>, raw: &RawConfig) -> Result<DaemonConfig, 
     };
     let [low, high] = daemon.port_range;
     if low > high || low == 0 {
-        let offset = source.text.find("port_range").unwrap_or(0);
+        let offset = keys::offset_of(source.text, &["daemon", "port_range"]).unwrap_or(0);
         errors.push(source.error(
             offset,
             "daemon.port_range",
