@@ -306,3 +306,30 @@ fn without_docker_container_services_fail_clearly_and_processes_run() {
         lines[1]
     );
 }
+
+/// `resources` reach Docker as `NanoCpus` and `Memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_reach_the_container() {
+    if !docker_answers() {
+        eprintln!("SKIPPED: no Docker engine answers here");
+        return;
+    }
+    let mut spec = mock_in_a_container("capped");
+    spec.resources = nanny::runtime::ResourceLimits {
+        cpus: Some(0.5),
+        memory_bytes: Some(256 * 1024 * 1024),
+    };
+    let supervisor = Supervisor::launch(vec![spec], SupervisorOptions::in_memory(1)).unwrap();
+    let _cleanup = RemoveOnDrop(supervisor.instance().to_string());
+    let mut status = supervisor.watch("capped").unwrap();
+    let ready = until(&mut status, "ready", |s| s.state == State::Ready).await;
+    let id = ready.container_id.clone().expect("a container id");
+    let (_, limits) = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}",
+        &id,
+    ]);
+    assert_eq!(limits, "500000000 268435456");
+    supervisor.shutdown().await;
+}

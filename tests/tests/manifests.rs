@@ -227,7 +227,7 @@ fn keys_people_already_write_in_manifests_are_read() {
     write(&dir.path().join("nanny.toml"), MAIN);
     write(
         &dir.path().join("services/chat/service.yaml"),
-        "backend: mock\ndescription: The chat model\nscheduling:\n  auto_start: false\n  auto_stop_after: 10m\ndependencies:\n  - service: base\n    required: true\n",
+        "backend: mock\ndescription: The chat model\nscheduling:\n  auto_start: false\n  auto_stop_after: 10m\ndependencies:\n  - service: base\n    required: true\nresources:\n  cpu_limit: \"500m\"\n  memory_limit: 2GiB\n",
     );
     write(
         &dir.path().join("services/tools/service.yaml"),
@@ -239,6 +239,8 @@ fn keys_people_already_write_in_manifests_are_read() {
     assert_eq!(chat["description"], "The chat model");
     assert_eq!(chat["autostart"], false);
     assert_eq!(chat["idle_stop_s"], 600.0);
+    assert_eq!(chat["cpu_limit"], 0.5);
+    assert_eq!(chat["memory_limit_bytes"], 2u64 << 30);
     assert_eq!(chat["depends_on"][0]["service"], "base");
     assert_eq!(chat["depends_on"][0]["condition"], "ready");
     assert_eq!(service("tools")["depends_on"][0]["condition"], "started");

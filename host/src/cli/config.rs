@@ -86,6 +86,8 @@ pub fn show(path: &Path, as_json: bool) -> ExitCode {
                 "description": spec.description,
                 "autostart": spec.autostart,
                 "idle_stop_s": spec.idle_stop.map(|d| d.as_secs_f64()),
+                "cpu_limit": spec.resources.cpus,
+                "memory_limit_bytes": spec.resources.memory_bytes,
                 "depends_on": spec.depends_on.iter().map(|(name, condition)| json!({"service": name, "condition": condition})).collect::<Vec<_>>(),
                 "restart": {
                     "policy": spec.restart.mode,

@@ -332,6 +332,10 @@ impl Containment {
         if std::env::var_os("NANNY_CGROUPS").is_some_and(|value| value == "off") {
             return None;
         }
+        // Hybrid machines keep some controllers (cpu, memory) in v1 hierarchies.
+        for root in cgroup::v1_roots() {
+            cgroup::sweep_stale(&root).await;
+        }
         let root = cgroup::nanny_root()?;
         let swept = cgroup::sweep_stale(&root).await;
         if swept > 0 {
@@ -344,7 +348,7 @@ impl Containment {
 
     async fn tear_down(self) {
         if let Some(dir) = &self.cgroup {
-            cgroup::kill_tree(dir).await;
+            cgroup::kill_daemon_tree(dir).await;
         }
         if let Some(report) = self.launches.sweep().await.report() {
             say!("nanny: {report}");
@@ -365,7 +369,7 @@ pub fn guardian(launches: &Path, cgroup: Option<&Path>) -> anyhow::Result<ExitCo
         .build()?;
     runtime.block_on(async {
         if let Some(dir) = cgroup {
-            cgroup::kill_tree(dir).await;
+            cgroup::kill_daemon_tree(dir).await;
         }
         let records = LaunchRecords::from_dir(launches.to_path_buf());
         if let Some(report) = records.sweep().await.report() {

@@ -81,6 +81,9 @@ pub struct RawService {
     /// A manifest's `scheduling:` block.
     #[serde(default)]
     pub scheduling: RawScheduling,
+    /// `resources = { cpu_limit = 2, memory_limit = "8GiB" }`.
+    #[serde(default)]
+    pub resources: RawResources,
     #[serde(default)]
     pub restart: RestartSetting,
     #[serde(default)]
@@ -209,6 +212,39 @@ pub struct RawScheduling {
     pub auto_stop_after: Option<Duration>,
 }
 
+/// Caps for each launch, through its cgroup or Docker.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    /// CPUs: `2`, `1.5`, `"1.5"` or Kubernetes' `"500m"`.
+    pub cpu_limit: Option<Spanned<toml::Value>>,
+    /// `"8GiB"`, `"512MiB"`.
+    pub memory_limit: Option<Spanned<String>>,
+}
+
+/// `2`, `1.5`, `"1.5"`, `"500m"` → CPUs.
+pub fn cpus(value: &toml::Value) -> Result<f64, String> {
+    let cpus = match value {
+        toml::Value::Integer(count) => *count as f64,
+        toml::Value::Float(count) => *count,
+        toml::Value::String(text) => match text.trim().strip_suffix('m') {
+            Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0).map_err(|_| ()),
+            None => text.trim().parse::<f64>().map_err(|_| ()),
+        }
+        .map_err(|()| format!("`{text}` is not a number of CPUs like 2, 1.5 or \"500m\""))?,
+        other => {
+            return Err(format!(
+                "expected a number of CPUs, found {}",
+                other.type_str()
+            ))
+        }
+    };
+    if !(cpus.is_finite() && cpus >= 0.01) {
+        return Err(format!("{cpus} CPUs: the limit must be at least 0.01"));
+    }
+    Ok(cpus)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProbes {
@@ -260,6 +296,22 @@ pub fn vram_mib(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cpu_limits_as_people_write_them() {
+        let value = |text: &str| {
+            toml::from_str::<toml::Table>(&format!("v = {text}")).unwrap()["v"].clone()
+        };
+        assert_eq!(cpus(&value("2")), Ok(2.0));
+        assert_eq!(cpus(&value("1.5")), Ok(1.5));
+        assert_eq!(cpus(&value("\"0.25\"")), Ok(0.25));
+        assert_eq!(cpus(&value("\"500m\"")), Ok(0.5));
+        assert!(cpus(&value("0")).unwrap_err().contains("at least 0.01"));
+        assert!(cpus(&value("\"lots\""))
+            .unwrap_err()
+            .contains("not a number of CPUs"));
+        assert!(cpus(&value("true")).unwrap_err().contains("found boolean"));
+    }
 
     #[test]
     fn reads_gpu_requests() {

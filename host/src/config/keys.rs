@@ -7,7 +7,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::error::{did_you_mean, Source};
-use super::file::{RawConfig, RawDaemon, RawProbes, RawRestart, RawScheduling, RawService};
+use super::file::{
+    RawConfig, RawDaemon, RawProbes, RawResources, RawRestart, RawScheduling, RawService,
+};
 use super::ConfigError;
 use crate::gpu::DeclaredGpu;
 
@@ -111,6 +113,9 @@ fn check_service(
     }
     if let Some(scheduling) = table(service, "scheduling") {
         check(source, scheduling, fields_of::<RawScheduling>(), &[], found);
+    }
+    if let Some(resources) = table(service, "resources") {
+        check(source, resources, fields_of::<RawResources>(), &[], found);
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::gpu::{GpuDevices, GpuRequest};
+use crate::runtime::ResourceLimits;
 use crate::supervise::Condition;
 use error::Source;
 pub use error::{did_you_mean, ConfigError, ConfigErrors};
@@ -205,6 +206,7 @@ impl Config {
             let depends_on = self.dependencies(&source, declared, &mut errors);
             let gpu = gpu_request(&source, declared, &mut errors);
             let health_path = health_path(&source, declared, &mut errors);
+            let resources = resource_limits(&source, declared, &mut errors);
             let Some(port) = raw.port.or_else(|| ports.pick(&declared.name)) else {
                 errors.push(source.error(
                     declared.name_offset,
@@ -243,6 +245,7 @@ impl Config {
                     liveness_timeout: raw.probes.liveness_timeout,
                 },
                 gpu,
+                resources,
             });
         }
         // Two services configured on one port: the second would fail at launch.
@@ -424,6 +427,42 @@ fn declare_manifest(
         raw,
     };
     Ok((file, declared))
+}
+
+/// `resources.cpu_limit` and `resources.memory_limit`.
+fn resource_limits(
+    source: &Source<'_>,
+    declared: &Declared,
+    errors: &mut Vec<ConfigError>,
+) -> ResourceLimits {
+    let resources = &declared.raw.resources;
+    let mut limits = ResourceLimits::default();
+    if let Some(cpu) = &resources.cpu_limit {
+        match file::cpus(cpu.get_ref()) {
+            Ok(cpus) => limits.cpus = Some(cpus),
+            Err(message) => errors.push(source.error(
+                cpu.span().start,
+                declared.key("resources.cpu_limit"),
+                message,
+            )),
+        }
+    }
+    if let Some(memory) = &resources.memory_limit {
+        match file::vram_mib(memory.get_ref()) {
+            Ok(mib) if mib > 0 => limits.memory_bytes = Some(mib * 1024 * 1024),
+            Ok(_) => errors.push(source.error(
+                memory.span().start,
+                declared.key("resources.memory_limit"),
+                "the memory limit must be at least 1MiB",
+            )),
+            Err(message) => errors.push(source.error(
+                memory.span().start,
+                declared.key("resources.memory_limit"),
+                message,
+            )),
+        }
+    }
+    limits
 }
 
 /// `gpus`/`vram`, or their manifest spellings `gpu_required`/`vram_gb` (not both).

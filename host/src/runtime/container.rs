@@ -51,6 +51,8 @@ pub struct ContainerSpec {
     pub shm_size_mib: Option<u64>,
     /// Leased GPU UUIDs.
     pub gpus: Vec<String>,
+    /// Docker's `nano_cpus` and `memory`.
+    pub limits: super::ResourceLimits,
     /// A hash of everything above, to recognise a container made from this spec.
     pub spec_hash: String,
 }
@@ -107,6 +109,8 @@ pub async fn run(
                 .collect(),
         ),
         shm_size: spec.shm_size_mib.map(|mib| (mib * 1024 * 1024) as i64),
+        nano_cpus: spec.limits.cpus.map(|cpus| (cpus * 1e9).round() as i64),
+        memory: spec.limits.memory_bytes.map(|bytes| bytes as i64),
         device_requests: (!spec.gpus.is_empty()).then(|| {
             vec![DeviceRequest {
                 driver: Some("nvidia".into()),
@@ -358,6 +362,13 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
         spec.shm_size_mib,
         spec.gpus
     );
+    // Only when set, so the containers of services without limits keep the
+    // hash they had before limits existed (and are adopted, not replaced).
+    let described = if spec.limits.is_empty() {
+        described
+    } else {
+        format!("{described}|{:?}", spec.limits)
+    };
     Sha256::digest(described.as_bytes())
         .iter()
         .take(8)

@@ -14,7 +14,7 @@ use bollard::Docker;
 use super::cgroup::Cgroup;
 use super::container::{self, ContainerHandle, ContainerSpec};
 use super::orphans::LaunchRecords;
-use super::{ports, spawn, Launched, LineSink, ProcessSpec};
+use super::{ports, spawn, Launched, LineSink, OutputLine, ProcessSpec, ResourceLimits, Stream};
 use crate::locks::lock;
 
 /// How often containers of this instance that nothing runs are removed.
@@ -41,6 +41,8 @@ pub struct LaunchOrder {
     /// Where the service listens on the host.
     pub host: String,
     pub port: u16,
+    /// CPU and memory caps (`resources`), applied through the launch's cgroup.
+    pub limits: ResourceLimits,
     pub what: LaunchWhat,
 }
 
@@ -72,13 +74,30 @@ impl Launcher {
                 let name = &order.service;
                 // Retried under back-off: the holder may go away.
                 ports::check_free(&order.host, order.port).map_err(LaunchError::Transient)?;
-                let cgroup = self.cgroup_root.as_ref().and_then(|root| {
+                let mut cgroup = self.cgroup_root.as_ref().and_then(|root| {
                     Cgroup::create(root.join(format!("{name}-{}", order.number)))
                         .map_err(|error| {
                             tracing::warn!(service = %name, "no cgroup for this launch: {error}")
                         })
                         .ok()
                 });
+                if !order.limits.is_empty() {
+                    let problems = match &mut cgroup {
+                        Some(cgroup) => cgroup.limit(&order.limits),
+                        None => vec![
+                            "resources not applied: this launch has no cgroup (nanny is not root, or cgroups are off)"
+                                .to_string(),
+                        ],
+                    };
+                    // Said where the user looks: the service's own log.
+                    for problem in problems {
+                        tracing::warn!(service = %name, "{problem}");
+                        lines.deliver(OutputLine {
+                            stream: Stream::Stderr,
+                            text: format!("nanny: {problem}"),
+                        });
+                    }
+                }
                 let process = spawn(&spec, cgroup, lines).map_err(|error| {
                     let reason = format!("cannot start `{}`: {error}", spec.program);
                     if is_transient(&error) {
@@ -94,7 +113,8 @@ impl Launcher {
                 }
                 Ok(Launched::Process(process))
             }
-            LaunchWhat::Container(spec) => {
+            LaunchWhat::Container(mut spec) => {
+                spec.limits = order.limits;
                 let image = spec.image.clone();
                 self.containers
                     .launch(spec, lines)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use cgroup::ResourceLimits;
 pub use container::{ContainerHandle, ContainerSpec};
 pub use launcher::{Containers, LaunchError, LaunchOrder, LaunchWhat, Launcher};
 pub use process::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};

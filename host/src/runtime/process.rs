@@ -112,11 +112,13 @@ pub fn spawn(
     if let Some(dir) = &spec.work_dir {
         command.current_dir(dir);
     }
-    let procs = match &cgroup {
-        Some(cgroup) => Some(
-            CString::new(cgroup.procs_file().as_os_str().as_bytes()).map_err(io::Error::other)?,
-        ),
-        None => None,
+    let procs: Vec<CString> = match &cgroup {
+        Some(cgroup) => cgroup
+            .procs_files()
+            .iter()
+            .map(|file| CString::new(file.as_os_str().as_bytes()).map_err(io::Error::other))
+            .collect::<io::Result<_>>()?,
+        None => Vec::new(),
     };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (prctl, open, write, close) on memory prepared before the fork.
@@ -125,7 +127,7 @@ pub fn spawn(
             // Dies with the thread that spawned it: a daemon killed with -9 takes
             // its direct children along even without cgroups.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(procs) = &procs {
+            for procs in &procs {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());

@@ -16,7 +16,8 @@ use super::state::{unix_ms, State};
 use crate::gpu::{GpuBroker, Lease};
 use crate::plugin::{Launch, Plan};
 use crate::runtime::{
-    ContainerSpec, LaunchError, LaunchOrder, LaunchWhat, LineSink, OutputLine, ProcessSpec, Stream,
+    ContainerSpec, LaunchError, LaunchOrder, LaunchWhat, LineSink, OutputLine, ProcessSpec,
+    ResourceLimits, Stream,
 };
 
 /// Output lines waiting for the plugin; beyond this they are dropped for the
@@ -263,6 +264,8 @@ impl Runner {
                     .collect(),
                 shm_size_mib: container.shm_size_mib,
                 gpus,
+                // The runtime's to fill in from the order.
+                limits: ResourceLimits::default(),
                 spec_hash: String::new(),
             }),
         };
@@ -272,6 +275,7 @@ impl Runner {
             number: self.launches,
             host: service.host.clone(),
             port: service.port,
+            limits: self.spec.resources,
             what,
         }
     }

@@ -188,7 +188,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -197,7 +197,8 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.depends_on,
         spec.autostart,
         spec.probes,
-        spec.gpu
+        spec.gpu,
+        spec.resources
     )
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use super::backoff::BackoffPolicy;
 use crate::gpu::GpuRequest;
 use crate::plugin::{Plan, Plugin, Service};
+use crate::runtime::ResourceLimits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,6 +94,8 @@ pub struct ServiceSpec {
     /// Idle time after which the gateway may stop the service (a manifest's
     /// `scheduling.auto_stop_after`); the supervisor itself never does.
     pub idle_stop: Option<Duration>,
+    /// CPU and memory caps for each launch (`resources`).
+    pub resources: ResourceLimits,
 }
 
 impl ServiceSpec {
@@ -111,6 +114,7 @@ impl ServiceSpec {
             gpu: GpuRequest::default(),
             description: None,
             idle_stop: None,
+            resources: ResourceLimits::default(),
         }
     }
 }
