@@ -1,5 +1,7 @@
-//! The broker: the lease table behind a lock, the inventory it leases from, the
-//! memory that stopped services have not given back yet, and a checkpoint on disk.
+//! The broker: one owner of the GPU state — the inventory it leases from, the
+//! lease table and the memory that stopped services have not given back yet,
+//! behind one lock that is never held across `nvidia-smi` — and a checkpoint on
+//! disk.
 
 use crate::runtime::orphans::{pids_of_launch, pids_with_env};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,12 +21,24 @@ use super::{GpuMode, GpuRequest};
 /// How long a stopped service's processes get to give their GPU memory back.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Everything the broker decides from, changed only together under one lock.
+#[derive(Debug, Clone)]
+struct BrokerState {
+    inventory: Inventory,
+    table: LeaseTable,
+    /// Device UUID → PIDs of stopped services still holding memory there.
+    held: BTreeMap<String, BTreeSet<i32>>,
+}
+
+impl BrokerState {
+    fn held_devices(&self) -> BTreeSet<String> {
+        self.held.keys().cloned().collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct GpuBroker {
-    inventory: Mutex<Inventory>,
-    table: Mutex<LeaseTable>,
-    /// Device UUID → PIDs of stopped services still holding memory there.
-    held: Mutex<BTreeMap<String, BTreeSet<i32>>>,
+    state: Mutex<BrokerState>,
     checkpoint: Option<PathBuf>,
     /// One checkpoint write at a time: they share the temporary file.
     saving: Mutex<()>,
@@ -66,9 +80,11 @@ impl GpuBroker {
     /// back: what its services still run keeps their devices blocked until gone.
     pub fn new(inventory: Inventory, checkpoint: Option<PathBuf>) -> Self {
         let broker = Self {
-            inventory: Mutex::new(inventory),
-            table: Mutex::new(LeaseTable::default()),
-            held: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(BrokerState {
+                inventory,
+                table: LeaseTable::default(),
+                held: BTreeMap::new(),
+            }),
             checkpoint,
             saving: Mutex::new(()),
             releases: tokio::sync::watch::Sender::new(0),
@@ -81,9 +97,9 @@ impl GpuBroker {
         for lease in earlier.iter().flat_map(LeaseTable::leases) {
             let alive = pids_of_service(&lease.service);
             if !alive.is_empty() {
-                let mut held = lock(&broker.held);
+                let mut state = lock(&broker.state);
                 for uuid in &lease.devices {
-                    held.entry(uuid.clone()).or_default().extend(&alive);
+                    state.held.entry(uuid.clone()).or_default().extend(&alive);
                 }
             }
         }
@@ -93,11 +109,11 @@ impl GpuBroker {
 
     /// The leased devices as the plugin sees them.
     pub fn devices_of(&self, lease: &Lease) -> Vec<crate::plugin::Gpu> {
-        let inventory = lock(&self.inventory);
+        let state = lock(&self.state);
         lease
             .devices
             .iter()
-            .filter_map(|uuid| inventory.devices.iter().find(|d| d.uuid == *uuid))
+            .filter_map(|uuid| state.inventory.devices.iter().find(|d| d.uuid == *uuid))
             .map(|device| crate::plugin::Gpu {
                 index: device.index,
                 uuid: device.uuid.clone(),
@@ -107,7 +123,7 @@ impl GpuBroker {
     }
 
     pub fn has_devices(&self) -> bool {
-        !lock(&self.inventory).devices.is_empty()
+        !lock(&self.state).inventory.devices.is_empty()
     }
 
     /// Changes with every release: subscribe before a failed `acquire`, await a
@@ -119,9 +135,14 @@ impl GpuBroker {
     /// Takes a lease for `service`, or says who is in the way.
     pub fn acquire(&self, service: &str, request: &GpuRequest) -> Result<Lease, Conflict> {
         self.forget_freed_memory();
-        let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
-        let devices = lock(&self.inventory).devices.clone();
-        let lease = lock(&self.table).acquire(&devices, service, request, &held)?;
+        let lease = {
+            let mut state = lock(&self.state);
+            let held = state.held_devices();
+            let BrokerState {
+                inventory, table, ..
+            } = &mut *state;
+            table.acquire(&inventory.devices, service, request, &held)?
+        };
         self.save();
         Ok(lease)
     }
@@ -129,17 +150,22 @@ impl GpuBroker {
     /// Whether `acquire` would succeed now, without taking anything.
     pub fn check(&self, service: &str, request: &GpuRequest) -> Result<(), Conflict> {
         self.forget_freed_memory();
-        let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
-        let devices = lock(&self.inventory).devices.clone();
-        let mut trial = lock(&self.table).clone();
-        trial.acquire(&devices, service, request, &held).map(|_| ())
+        let state = lock(&self.state);
+        let mut trial = state.table.clone();
+        trial
+            .acquire(
+                &state.inventory.devices,
+                service,
+                request,
+                &state.held_devices(),
+            )
+            .map(|_| ())
     }
 
     /// Gives the lease back once the launch's processes are gone. Its PIDs that
     /// still hold memory on its devices keep those devices from new leases.
     /// Blocking (it may ask `nvidia-smi`): call it off the async workers.
     pub fn release(&self, lease: &Lease, main_pid: Option<i32>, launch: &str) {
-        lock(&self.table).release(&lease.service);
         let mut ours = pids_of_launch(launch);
         ours.extend(main_pid);
         let lingering: BTreeSet<i32> = compute_apps()
@@ -148,10 +174,19 @@ impl GpuBroker {
             .map(|(pid, _)| pid)
             .filter(|pid| ours.contains(pid))
             .collect();
-        if !lingering.is_empty() {
-            let mut held = lock(&self.held);
-            for uuid in &lease.devices {
-                held.entry(uuid.clone()).or_default().extend(&lingering);
+        {
+            // The lease goes and what lingers is held, in one step: no acquire
+            // sees the devices free in between.
+            let mut state = lock(&self.state);
+            state.table.release(&lease.service);
+            if !lingering.is_empty() {
+                for uuid in &lease.devices {
+                    state
+                        .held
+                        .entry(uuid.clone())
+                        .or_default()
+                        .extend(&lingering);
+                }
             }
         }
         self.save();
@@ -198,7 +233,7 @@ impl GpuBroker {
     /// Drops held PIDs that no longer hold memory; returns those that still do.
     /// `nvidia-smi` is asked with no lock held, so a slow one blocks only its caller.
     fn forget_freed_memory(&self) -> BTreeSet<i32> {
-        if lock(&self.held).is_empty() {
+        if lock(&self.state).held.is_empty() {
             return BTreeSet::new();
         }
         let using: BTreeSet<i32> = compute_apps()
@@ -206,23 +241,33 @@ impl GpuBroker {
             .into_iter()
             .map(|(pid, _)| pid)
             .collect();
-        let mut held = lock(&self.held);
-        for pids in held.values_mut() {
+        let mut state = lock(&self.state);
+        for pids in state.held.values_mut() {
             pids.retain(|pid| using.contains(pid));
         }
-        held.retain(|_, pids| !pids.is_empty());
-        held.values().flatten().copied().collect()
+        state.held.retain(|_, pids| !pids.is_empty());
+        state.held.values().flatten().copied().collect()
     }
 
     pub fn snapshot(&self) -> GpuSnapshot {
         self.forget_freed_memory();
-        let inventory = {
-            let mut inventory = lock(&self.inventory);
-            inventory.refresh();
-            inventory.clone()
+        // Refreshed outside the lock (it asks the driver), then stored back.
+        let mut inventory = lock(&self.state).inventory.clone();
+        inventory.refresh();
+        let BrokerState { table, held, .. } = {
+            let mut state = lock(&self.state);
+            for fresh in &inventory.devices {
+                if let Some(device) = state
+                    .inventory
+                    .devices
+                    .iter_mut()
+                    .find(|device| device.uuid == fresh.uuid)
+                {
+                    device.memory_used_mib = fresh.memory_used_mib;
+                }
+            }
+            state.clone()
         };
-        let table = lock(&self.table).clone();
-        let held = lock(&self.held).clone();
         let source = match inventory.source {
             InventorySource::Nvml => "nvml",
             InventorySource::NvidiaSmi => "nvidia_smi",
@@ -267,7 +312,7 @@ impl GpuBroker {
             return;
         };
         let _one_at_a_time = lock(&self.saving);
-        let table = lock(&self.table).clone();
+        let table = lock(&self.state).table.clone();
         let Ok(bytes) = serde_json::to_vec_pretty(&table) else {
             return;
         };
