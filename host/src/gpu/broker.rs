@@ -36,9 +36,14 @@ impl BrokerState {
     }
 }
 
+/// Which processes use GPU memory now, and how much: (pid, MiB).
+pub type MemoryUsers = fn() -> Option<Vec<(i32, u64)>>;
+
 #[derive(Debug)]
 pub struct GpuBroker {
     state: Mutex<BrokerState>,
+    /// NVML or `nvidia-smi` (`compute_apps`), unless told otherwise.
+    memory_users: MemoryUsers,
     checkpoint: Option<PathBuf>,
     /// One checkpoint write at a time: they share the temporary file.
     saving: Mutex<()>,
@@ -85,6 +90,7 @@ impl GpuBroker {
                 table: LeaseTable::default(),
                 held: BTreeMap::new(),
             }),
+            memory_users: compute_apps,
             checkpoint,
             saving: Mutex::new(()),
             releases: tokio::sync::watch::Sender::new(0),
@@ -105,6 +111,13 @@ impl GpuBroker {
         }
         broker.save();
         broker
+    }
+
+    /// The broker, reading who uses GPU memory from `memory_users` rather than
+    /// the driver: for a machine whose driver nanny cannot ask, and for tests.
+    pub fn with_memory_users(mut self, memory_users: MemoryUsers) -> Self {
+        self.memory_users = memory_users;
+        self
     }
 
     /// The leased devices as the plugin sees them.
@@ -168,7 +181,7 @@ impl GpuBroker {
     pub fn release(&self, lease: &Lease, main_pid: Option<i32>, launch: &str) {
         let mut ours = pids_of_launch(launch);
         ours.extend(main_pid);
-        let lingering: BTreeSet<i32> = compute_apps()
+        let lingering: BTreeSet<i32> = (self.memory_users)()
             .unwrap_or_default()
             .into_iter()
             .map(|(pid, _)| pid)
@@ -236,7 +249,7 @@ impl GpuBroker {
         if lock(&self.state).held.is_empty() {
             return BTreeSet::new();
         }
-        let using: BTreeSet<i32> = compute_apps()
+        let using: BTreeSet<i32> = (self.memory_users)()
             .unwrap_or_default()
             .into_iter()
             .map(|(pid, _)| pid)

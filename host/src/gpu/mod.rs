@@ -9,7 +9,7 @@ mod nvml;
 
 use serde::{Deserialize, Serialize};
 
-pub use broker::{GpuBroker, GpuSnapshot};
+pub use broker::{GpuBroker, GpuSnapshot, MemoryUsers, RELEASE_TIMEOUT};
 pub use inventory::{DeclaredGpu, Device, Inventory, InventorySource};
 pub use lease::{Conflict, Lease, LeaseTable};
 

@@ -324,6 +324,22 @@ mod scripted {
             refusals: Vec<LaunchError>,
             probes: Box<dyn FnMut() -> Option<u16> + Send>,
         ) -> Self {
+            Self::with_options(
+                plan,
+                specs,
+                refusals,
+                probes,
+                SupervisorOptions::in_memory(4),
+            )
+        }
+
+        fn with_options(
+            plan: Plan,
+            specs: Vec<ServiceSpec>,
+            refusals: Vec<LaunchError>,
+            probes: Box<dyn FnMut() -> Option<u16> + Send>,
+            options: SupervisorOptions,
+        ) -> Self {
             let _ = plugin();
             let (launched, launches) = mpsc::unbounded_channel();
             let world = ScriptedWorld {
@@ -332,9 +348,7 @@ mod scripted {
                 refusals: Mutex::new(refusals.into()),
                 probes: Arc::new(Mutex::new(probes)),
             };
-            let supervisor =
-                Supervisor::launch_in(Arc::new(world), specs, SupervisorOptions::in_memory(4))
-                    .unwrap();
+            let supervisor = Supervisor::launch_in(Arc::new(world), specs, options).unwrap();
             let events = supervisor.subscribe();
             Self {
                 supervisor,
@@ -662,5 +676,109 @@ mod scripted {
         assert_eq!(*launch.stopped_with.lock().unwrap(), Some(libc::SIGTERM));
         tokio::time::sleep(secs(3600)).await;
         assert!(h.launches.try_recv().is_err(), "no restart after giving up");
+    }
+
+    /// Who holds GPU memory, as the scripted driver says (pid, MiB).
+    static GPU_MEMORY: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
+
+    fn gpu_memory() -> Option<Vec<(i32, u64)>> {
+        Some(GPU_MEMORY.lock().unwrap().clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_that_is_not_given_back_keeps_the_service_stopping_until_the_release_times_out()
+    {
+        use crate::gpu::{Device, GpuBroker, GpuDevices, GpuRequest, Inventory, InventorySource};
+        let inventory = Inventory {
+            source: InventorySource::Declared,
+            devices: vec![Device {
+                index: 0,
+                uuid: "GPU-scripted".into(),
+                name: "scripted".into(),
+                memory_total_mib: 1000,
+                memory_used_mib: 0,
+            }],
+        };
+        let broker = Arc::new(GpuBroker::new(inventory, None).with_memory_users(gpu_memory));
+        let mut options = SupervisorOptions::in_memory(4);
+        options.gpus = Some(broker.clone());
+        let mut service = spec("gpu");
+        service.gpu = GpuRequest {
+            devices: GpuDevices::Count(1),
+            ..GpuRequest::default()
+        };
+        let mut h = Harness::with_options(
+            plan(),
+            vec![service],
+            Vec::new(),
+            Box::new(|| Some(200)),
+            options,
+        );
+        h.supervisor.start("gpu").await.unwrap();
+        let launch = h.next_launch().await;
+        launch.say("READY");
+        h.until("gpu", |s| *s == State::Ready).await;
+        assert_eq!(h.status("gpu").gpus, ["GPU-scripted"]);
+        // The backend's main process keeps 500 MiB after it is told to stop.
+        *GPU_MEMORY.lock().unwrap() = vec![(4242, 500)];
+        let stop = {
+            let supervisor = &h.supervisor;
+            async move { supervisor.stop("gpu").await.unwrap() }
+        };
+        let ((_, stopping_at), _) = tokio::join!(
+            async {
+                let mut events = h.supervisor.subscribe();
+                loop {
+                    let change = events.recv().await.unwrap();
+                    if change.service == "gpu" && change.to == State::Stopping {
+                        break (change.to, h.began.elapsed());
+                    }
+                }
+            },
+            stop
+        );
+        let stopped_after = h.began.elapsed() - stopping_at;
+        assert_eq!(
+            stopped_after,
+            crate::gpu::RELEASE_TIMEOUT,
+            "stopping until the release check gave up"
+        );
+        let log: Vec<String> = h
+            .supervisor
+            .logs("gpu")
+            .unwrap()
+            .tail(5)
+            .iter()
+            .map(|line| line.text.to_string())
+            .collect();
+        assert!(
+            log.iter().any(|line| line.starts_with(
+                "nanny: GPU memory of `gpu` still held by pid(s) {4242} 10s after it stopped"
+            )),
+            "{log:?}"
+        );
+        assert!(
+            broker
+                .check(
+                    "other",
+                    &GpuRequest {
+                        devices: GpuDevices::Count(1),
+                        ..GpuRequest::default()
+                    }
+                )
+                .is_err(),
+            "the device takes no new lease while the memory is held"
+        );
+        // Once the memory is back, the device leases again.
+        GPU_MEMORY.lock().unwrap().clear();
+        assert!(broker
+            .check(
+                "other",
+                &GpuRequest {
+                    devices: GpuDevices::Count(1),
+                    ..GpuRequest::default()
+                }
+            )
+            .is_ok());
     }
 }
