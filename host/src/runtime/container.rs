@@ -1,9 +1,12 @@
 //! Backends in Docker containers, through bollard: created with nanny's labels,
 //! the service port mapped, `init` on and no Docker restart policy (nanny owns
 //! restarts); output fed into the same line pipeline as a process's; stopped with
-//! the grace period, then removed.
+//! the grace period, then removed. [`Containers`] owns the daemon's Docker
+//! connection, the containers an earlier run left to adopt, and the periodic
+//! reconcile.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::{
@@ -18,7 +21,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::process::{Exit, OutputLine, Stream};
-use super::LineSink;
+use super::{ports, LaunchError, LineSink};
+use crate::locks::lock;
 
 /// Labels every container nanny creates carries.
 pub const LABEL_SERVICE: &str = "nanny.service";
@@ -374,4 +378,112 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
         .take(8)
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// How often containers of this instance that nothing runs are removed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+/// This daemon's containers: the engine, what an earlier run left running to be
+/// adopted, and what runs now.
+pub struct Containers {
+    /// Names this daemon's containers apart from other daemons'.
+    instance: String,
+    /// Connected (and swept of this instance's leftovers) at start-up when the
+    /// engine answers, else on the first container launch.
+    docker: tokio::sync::OnceCell<Docker>,
+    /// Running containers an earlier run of this daemon left, by service: (id, spec hash).
+    adoptable: Mutex<HashMap<String, (String, String)>>,
+    /// The containers of the launches running now.
+    live: Mutex<Vec<String>>,
+}
+
+impl Containers {
+    pub fn new(instance: String) -> Arc<Self> {
+        Arc::new(Self {
+            instance,
+            docker: tokio::sync::OnceCell::new(),
+            adoptable: Mutex::default(),
+            live: Mutex::default(),
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The engine; the first connection sweeps this instance's leftovers and
+    /// starts the reconcile loop.
+    pub async fn engine(self: &Arc<Self>) -> Result<Docker, String> {
+        // An engine that is not there now may be later: failures are not kept.
+        self.docker
+            .get_or_try_init(|| async {
+                let docker = connect().await.map_err(|error| error.to_string())?;
+                let running = leftovers(&docker, &self.instance).await;
+                *lock(&self.adoptable) = running;
+                tokio::spawn(reconcile(Arc::downgrade(self), docker.clone()));
+                Ok::<_, String>(docker)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Adopts the container an earlier run left for this service when it was
+    /// made from the same spec; else removes it and runs a new one.
+    pub(super) async fn launch(
+        self: &Arc<Self>,
+        mut spec: ContainerSpec,
+        lines: LineSink,
+    ) -> Result<ContainerHandle, LaunchError> {
+        let docker = self.engine().await.map_err(LaunchError::Fatal)?;
+        let suffix = crate::secrets::random_token()
+            .map_err(|error| LaunchError::Transient(format!("no random name: {error}")))?;
+        spec.instance.clone_from(&self.instance);
+        spec.name = format!("nanny-{}-{}-{}", self.instance, spec.service, &suffix[..8]);
+        spec.spec_hash = spec_hash(&spec);
+        let earlier = lock(&self.adoptable).remove(&spec.service);
+        let handle = match earlier {
+            Some((id, hash)) if hash == spec.spec_hash => {
+                tracing::info!(service = %spec.service, "adopting container {id}, left running by an earlier nanny");
+                Ok(adopt(&docker, id, lines))
+            }
+            Some((id, _)) => {
+                // Made from another spec: the configuration changed since.
+                remove(&docker, &id).await;
+                run(&docker, &spec, lines).await
+            }
+            None => {
+                ports::check_free(&spec.host, spec.host_port).map_err(LaunchError::Transient)?;
+                run(&docker, &spec, lines).await
+            }
+        };
+        let handle = handle.map_err(|error| LaunchError::Fatal(error.to_string()))?;
+        lock(&self.live).push(handle.id.clone());
+        Ok(handle)
+    }
+
+    /// The container `id` is gone.
+    pub(super) fn ended(&self, id: &str) {
+        lock(&self.live).retain(|live| live != id);
+    }
+}
+
+/// Every five minutes: this instance's containers that no launch runs and nobody
+/// is about to adopt are removed. Ends with the daemon's `Containers`.
+async fn reconcile(containers: std::sync::Weak<Containers>, docker: Docker) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let Some(containers) = containers.upgrade() else {
+            return;
+        };
+        let mut keep = lock(&containers.live).clone();
+        keep.extend(
+            lock(&containers.adoptable)
+                .values()
+                .map(|(id, _)| id.clone()),
+        );
+        let removed = remove_unknown(&docker, &containers.instance, &keep).await;
+        if removed > 0 {
+            tracing::info!("removed {removed} container(s) nothing runs");
+        }
+    }
 }

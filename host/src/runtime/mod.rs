@@ -15,9 +15,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use cgroup::ResourceLimits;
+pub use container::Containers;
 pub use container::{ContainerHandle, ContainerSpec};
-pub use launcher::{Containers, LaunchError, LaunchOrder, LaunchWhat, Launcher};
+pub use launcher::{LaunchOrder, LaunchWhat, Launcher};
 pub use process::{spawn, Exit, OutputLine, ProcessHandle, ProcessSpec, Stream};
+
+/// Why a launch did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchError {
+    /// The machine is short of something now (a port, file descriptors,
+    /// processes, memory): back off and try again.
+    Transient(String),
+    /// Trying again cannot help.
+    Fatal(String),
+}
 
 /// Where a launch's output lines go. The record (the service's log) takes each
 /// line first and never waits; the reader's copy (for the plugin) is best effort:
