@@ -58,6 +58,7 @@ fn main() {
             closing: closed,
             ready_calls: api::RateLimit::default(),
             reload: None,
+            gateway: nanny::gateway::Gateway::new(supervisor.clone(), Default::default()),
         });
         tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
         (address, supervisor, closing)

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod files;
+pub mod gateway;
 pub mod gpu;
 pub mod locks;
 pub mod metrics;

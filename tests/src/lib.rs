@@ -442,3 +442,54 @@ pub fn script_spec(name: &str, body: &str) -> nanny::supervise::ServiceSpec {
     ];
     service_spec(name, "command", settings)
 }
+
+/// Where the tests keep what they build or install once: `NANNY_TEST_CACHE`,
+/// else `~/.cache/nanny-tests`.
+pub fn test_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NANNY_TEST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    base.join("nanny-tests")
+}
+
+/// The Python of a venv (under the test cache) that has `requirement` installed
+/// from PyPI, made the first time it is asked for. One venv per requirement, so
+/// versions are pinned and tests running at once do not share a half-made one.
+pub fn python_with(requirement: &str) -> PathBuf {
+    let name: String = requirement
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let venv = test_cache().join(format!("venv-{name}"));
+    let python = venv.join("bin/python3");
+    let ready = venv.join(".installed");
+    if ready.exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(test_cache()).unwrap();
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv failed");
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", requirement])
+        .status()
+        .expect("pip");
+    assert!(installed.success(), "pip install {requirement} failed");
+    std::fs::write(&ready, requirement).unwrap();
+    python
+}

@@ -115,15 +115,25 @@ fn every_read_route_answers_in_its_documented_shape() {
     assert_eq!(models[0]["id"], "tiny-chat");
     let (_, all) = get(&daemon, "/v1/models");
     assert_eq!(all["object"], "list");
-    let owners: Vec<(&str, &str)> = all["data"]
+    let owners: Vec<(&str, &str, &str)> = all["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["id"].as_str().unwrap(), m["owned_by"].as_str().unwrap()))
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap(),
+                m["owned_by"].as_str().unwrap(),
+                m["status"].as_str().unwrap(),
+            )
+        })
         .collect();
+    // By service name, each with its service's state.
     assert_eq!(
         owners,
-        [("tiny-embed", "embeddings"), ("tiny-chat", "chat")]
+        [
+            ("tiny-chat", "chat", "ready"),
+            ("tiny-embed", "embeddings", "ready")
+        ]
     );
 
     let (_, tail) = get(&daemon, "/v1/services/chat/logs?tail=1");

@@ -44,6 +44,8 @@ pub struct ApiState {
     /// Re-reads the configuration and applies it (`POST /v1/reload`); `None`
     /// where the supervisor was not made from a file.
     pub reload: Option<ReloadHook>,
+    /// The OpenAI-compatible routes on the same listener.
+    pub gateway: Arc<crate::gateway::Gateway>,
 }
 
 /// How the API asks for a reload: the daemon knows where its configuration is.
@@ -72,9 +74,11 @@ impl Default for RateLimit {
     }
 }
 
-/// Every route, behind the auth guard, with errors as JSON.
+/// Every route, behind the auth guard: the control routes with errors as JSON,
+/// and the gateway's, whose backends' own answers pass through untouched.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let gateway = crate::gateway::routes::router(state.gateway.clone());
+    let control = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
@@ -93,13 +97,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/services/{name}/logs", get(streams::logs))
         .route("/v1/services/{name}/models", get(services::models))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(error::as_json))
-        .with_state(state)
+        .with_state(state.clone());
+    control
+        .merge(gateway)
+        .layer(axum::middleware::from_fn_with_state(state, auth::guard))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -59,23 +59,21 @@ pub async fn models(
     Ok(Json(view(&api, checked(&name)?)?.models))
 }
 
-/// Every ready service's models, in OpenAI's list shape (`owned_by` is the service).
+/// Every model clients can ask the gateway for, running or not, in OpenAI's
+/// list shape (`owned_by` is the service; `status` its state).
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, body = ModelList)))]
 pub async fn all_models(State(api): Api) -> Json<ModelList> {
     let data = api
-        .supervisor
-        .statuses()
+        .gateway
+        .models()
         .into_iter()
-        .filter(|status| status.state == ServiceState::Ready)
-        .flat_map(|status| {
-            let service = status.name.clone();
-            status.models.into_iter().map(move |model| OpenAiModel {
-                id: model.id,
-                object: "model".into(),
-                created: 0,
-                owned_by: service.clone(),
-            })
+        .map(|model| OpenAiModel {
+            id: model.id,
+            object: "model".into(),
+            created: 0,
+            owned_by: model.service,
+            status: model.status.to_string(),
         })
         .collect();
     Json(ModelList {

@@ -134,6 +134,9 @@ pub struct OpenAiModel {
     pub created: u64,
     /// The service that serves it.
     pub owned_by: String,
+    /// That service's state (`ready`, `stopped`, `starting`, …): a stopped
+    /// service's models are routable too, started on the first request.
+    pub status: String,
 }
 
 /// One state change, as `GET /v1/events` streams it.

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::config::Checked;
 use crate::api::{self, Access, ApiState};
+use crate::gateway::Gateway;
 use crate::gpu::{GpuBroker, Inventory};
 use crate::metrics::Metrics;
 use crate::supervise::{ReloadReport, State, StateChange, Supervisor, SupervisorOptions};
@@ -110,6 +111,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let count = supervisor.statuses().len();
         tokio::spawn(report(supervisor.events()));
         let (closing, closed) = watch::channel(false);
+        let gateway = Gateway::new(supervisor.clone(), config.gateway.clone());
+        tokio::spawn(gateway.clone().stop_idle_services());
         let api = Arc::new(ApiState {
             supervisor: supervisor.clone(),
             plugins: catalog
@@ -122,6 +125,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             closing: closed.clone(),
             ready_calls: api::RateLimit::default(),
             reload: Some(reload_hook(supervisor.clone(), path.to_path_buf())),
+            gateway,
         });
         let limits = api::ConnectionLimits {
             max_connections: config.daemon.max_connections,

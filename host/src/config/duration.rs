@@ -22,6 +22,22 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// `"1.5GiB"` → `(1.5, "GiB")`; `None` when it does not start with a number.
+/// `5m`, `90s`, `1h30m`: a duration as people write it.
+pub fn describe(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut text = String::new();
+    for (value, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s")] {
+        if value > 0 {
+            text.push_str(&format!("{value}{unit}"));
+        }
+    }
+    text
+}
+
 pub fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -46,8 +62,16 @@ pub fn deserialize_option<'de, D: serde::Deserializer<'de>>(
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{describe, parse};
     use std::time::Duration;
+
+    #[test]
+    fn describes_durations_as_people_write_them() {
+        assert_eq!(describe(Duration::from_secs(300)), "5m");
+        assert_eq!(describe(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(describe(Duration::from_secs(61)), "1m1s");
+        assert_eq!(describe(Duration::from_millis(250)), "250ms");
+    }
 
     #[test]
     fn reads_the_usual_units() {

@@ -21,6 +21,19 @@ pub struct RawConfig {
     /// `[[gpus]]`: devices for machines where nvidia-smi cannot tell.
     #[serde(default)]
     pub gpus: Vec<crate::gpu::DeclaredGpu>,
+    #[serde(default)]
+    pub gateway: RawGateway,
+}
+
+/// `[gateway]`: the OpenAI-compatible endpoint on the daemon's listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Stop a service this long after its last request ended; `0`: never (the default).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub idle_timeout: Option<Duration>,
+    /// The largest request body (`"64MiB"`).
+    pub max_body: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +75,12 @@ pub struct RawService {
     pub name: Option<Spanned<String>>,
     pub backend: Spanned<String>,
     pub model: Option<String>,
+    /// The names clients use for what this service serves (the first is canonical).
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+    /// Stopped this long after its last request through the gateway; `0`: never.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub idle_timeout: Option<Duration>,
     #[serde(default = "loopback")]
     pub host: String,
     pub port: Option<u16>,

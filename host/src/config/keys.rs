@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use super::error::{did_you_mean, Source};
 use super::file::{
-    RawConfig, RawDaemon, RawProbes, RawResources, RawRestart, RawScheduling, RawService,
+    RawConfig, RawDaemon, RawGateway, RawProbes, RawResources, RawRestart, RawScheduling,
+    RawService,
 };
 use super::ConfigError;
 use crate::gpu::DeclaredGpu;
@@ -61,6 +62,9 @@ pub(super) fn unknown_in_config(source: &Source<'_>) -> Vec<ConfigError> {
     check(source, root, fields_of::<RawConfig>(), &[], &mut found);
     if let Some(daemon) = table(root, "daemon") {
         check(source, daemon, fields_of::<RawDaemon>(), &[], &mut found);
+    }
+    if let Some(gateway) = table(root, "gateway") {
+        check(source, gateway, fields_of::<RawGateway>(), &[], &mut found);
     }
     if let Some(services) = table(root, "services") {
         for service in services.values() {

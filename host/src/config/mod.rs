@@ -42,12 +42,34 @@ pub struct DaemonConfig {
     pub max_connections: usize,
 }
 
+/// `[gateway]`, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayConfig {
+    /// Stop services idle this long unless they say otherwise; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// The largest request body the gateway takes.
+    pub max_body: usize,
+}
+
+/// The gateway's body cap unless `[gateway] max_body` says: enough for base64 images.
+pub const DEFAULT_MAX_BODY: usize = 64 << 20;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: None,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
 /// A parsed configuration: `nanny.toml` and the manifests under its `services_dir`.
 pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
     /// `[[gpus]]`, used when nvidia-smi does not answer.
     pub declared_gpus: Vec<crate::gpu::DeclaredGpu>,
+    pub gateway: GatewayConfig,
     text: String,
     manifests: Vec<ManifestFile>,
     services: Vec<Declared>,
@@ -151,12 +173,34 @@ impl Config {
                 }
             }
         }
+        let gateway = GatewayConfig {
+            idle_timeout: raw.gateway.idle_timeout.filter(|idle| !idle.is_zero()),
+            max_body: match &raw.gateway.max_body {
+                None => DEFAULT_MAX_BODY,
+                Some(size) => match file::vram_mib(size.get_ref()) {
+                    Ok(mib) if mib > 0 => (mib as usize) << 20,
+                    Ok(_) => {
+                        errors.push(source.error(
+                            size.span().start,
+                            "gateway.max_body",
+                            "the body cap must be at least 1MiB",
+                        ));
+                        DEFAULT_MAX_BODY
+                    }
+                    Err(message) => {
+                        errors.push(source.error(size.span().start, "gateway.max_body", message));
+                        DEFAULT_MAX_BODY
+                    }
+                },
+            },
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Self {
             path: path.to_path_buf(),
             daemon,
+            gateway,
             declared_gpus: raw.gpus,
             text,
             manifests,
@@ -237,7 +281,16 @@ impl Config {
                 depends_on,
                 autostart: raw.scheduling.auto_start.unwrap_or(raw.autostart),
                 description: raw.description.clone(),
-                idle_stop: raw.scheduling.auto_stop_after,
+                idle_stop: raw
+                    .idle_timeout
+                    .or(raw.scheduling.auto_stop_after)
+                    .or(self.gateway.idle_timeout)
+                    .filter(|idle| !idle.is_zero()),
+                models: raw
+                    .models
+                    .iter()
+                    .map(|name| name.get_ref().clone())
+                    .collect(),
                 probes: ProbeOverrides {
                     path: health_path,
                     readiness_period: raw.probes.readiness_period,
@@ -247,6 +300,28 @@ impl Config {
                 gpu,
                 resources,
             });
+        }
+        // A name clients use routes to one service only.
+        let mut routed: BTreeMap<String, &str> = BTreeMap::new();
+        for spec in &specs {
+            let Some(declared) = self.services.iter().find(|d| d.name == spec.service.name) else {
+                continue;
+            };
+            for name in spec.routed_names() {
+                if let Some(first) = routed.insert(name.clone(), &declared.name) {
+                    let offset = declared
+                        .raw
+                        .models
+                        .iter()
+                        .find(|written| *written.get_ref() == name)
+                        .map_or(declared.name_offset, |written| written.span().start);
+                    errors.push(self.source_of(declared).error(
+                        offset,
+                        declared.key("models"),
+                        format!("model `{name}` is served by `{first}` already; a name routes to one service"),
+                    ));
+                }
+            }
         }
         // Two services configured on one port: the second would fail at launch.
         let mut claimed: BTreeMap<u16, &str> = BTreeMap::new();

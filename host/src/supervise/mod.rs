@@ -30,7 +30,8 @@ pub use logs::{LogBook, LogLine, LogWriter};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
 pub use spec::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
-pub use state::{ModelInfo, ServiceStatus, State, StateChange};
+pub use state::{unix_ms, ModelInfo, ServiceStatus, State, StateChange};
+// `Routable` is defined below: what the gateway routes by.
 pub use world::{Backend, Session, World};
 
 use crate::gpu::{Conflict, GpuBroker, GpuMode, GpuRequest};
@@ -98,6 +99,32 @@ struct ServiceHandle {
     task: JoinHandle<watch::Sender<ServiceStatus>>,
     /// What the service was started from, to tell a changed one on reload.
     fingerprint: String,
+    /// What the gateway needs to know of it.
+    route: RouteSpec,
+}
+
+/// What the gateway routes by, as configured.
+#[derive(Debug, Clone)]
+struct RouteSpec {
+    host: String,
+    names: Vec<String>,
+    idle_timeout: Option<std::time::Duration>,
+    startup_timeout: std::time::Duration,
+}
+
+/// One service as the gateway sees it.
+#[derive(Debug, Clone)]
+pub struct Routable {
+    /// Where the backend listens (with `status.port`).
+    pub host: String,
+    /// The names clients use (`models`, else `model`); the models the backend
+    /// reported when last ready route here too.
+    pub names: Vec<String>,
+    /// Stop it this long after its last request; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// How long a start may take to show progress.
+    pub startup_timeout: std::time::Duration,
+    pub status: ServiceStatus,
 }
 
 /// The configured services: who they are, in what order, needing what. One
@@ -188,7 +215,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -198,7 +225,9 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.autostart,
         spec.probes,
         spec.gpu,
-        spec.resources
+        spec.resources,
+        spec.models,
+        spec.idle_stop
     )
 }
 
@@ -376,6 +405,12 @@ impl Supervisor {
                 Arc::new(LogBook::new(&name, self.log_ring_bytes, file))
             });
             topology.gpu_requests.insert(name.clone(), spec.gpu.clone());
+            let route = RouteSpec {
+                host: spec.service.host.clone(),
+                names: spec.routed_names(),
+                idle_timeout: spec.idle_stop,
+                startup_timeout: spec.startup_timeout,
+            };
             let runner = Runner::new(
                 spec,
                 self.shared.clone(),
@@ -393,6 +428,7 @@ impl Supervisor {
                     logs,
                     task,
                     fingerprint,
+                    route,
                 },
             );
         }
@@ -593,6 +629,25 @@ impl Supervisor {
         broker
             .check(name, &request)
             .map_err(SuperviseError::GpuConflict)
+    }
+
+    /// Every service as the gateway routes to it, by name.
+    pub fn routable(&self) -> BTreeMap<String, Routable> {
+        self.read()
+            .services
+            .iter()
+            .map(|(name, handle)| {
+                let route = &handle.route;
+                let routable = Routable {
+                    host: route.host.clone(),
+                    names: route.names.clone(),
+                    idle_timeout: route.idle_timeout,
+                    startup_timeout: route.startup_timeout,
+                    status: handle.status.borrow().clone(),
+                };
+                (name.clone(), routable)
+            })
+            .collect()
     }
 
     /// Where this supervisor's figures go, for `/metrics` to render.

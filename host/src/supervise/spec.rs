@@ -96,6 +96,19 @@ pub struct ServiceSpec {
     pub idle_stop: Option<Duration>,
     /// CPU and memory caps for each launch (`resources`).
     pub resources: ResourceLimits,
+    /// The names the gateway routes here (`models`; else `service.model`).
+    pub models: Vec<String>,
+}
+
+impl ServiceSpec {
+    /// The names clients use for this service's models: `models`, else `model`.
+    pub fn routed_names(&self) -> Vec<String> {
+        if self.models.is_empty() {
+            self.service.model.iter().cloned().collect()
+        } else {
+            self.models.clone()
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -115,6 +128,7 @@ impl ServiceSpec {
             description: None,
             idle_stop: None,
             resources: ResourceLimits::default(),
+            models: Vec::new(),
         }
     }
 }

@@ -1,0 +1,285 @@
+//! The gateway: one OpenAI-compatible address for every model. A request is
+//! routed by its `model` to the service that serves it; a stopped service is
+//! started first (concurrent requests join the same start), and a service
+//! nobody asked anything for `idle_timeout` is stopped again. The supervisor
+//! does the starting and stopping; the gateway decides when, and forwards.
+
+mod error;
+mod proxy;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+pub use error::GatewayError;
+
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use crate::config::GatewayConfig;
+use crate::locks::lock;
+use crate::runtime::{OutputLine, Stream};
+use crate::supervise::{unix_ms, Routable, ServiceStatus, State, SuperviseError, Supervisor};
+
+/// How often idle services are looked for.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Beyond a service's own start deadline, what a request waits for it at most.
+const START_SLACK: Duration = Duration::from_secs(10);
+
+/// One service's requests through the gateway.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    in_flight: usize,
+    /// When the last request ended (its response body finished or was dropped).
+    last_end_unix_ms: u64,
+}
+
+pub struct Gateway {
+    supervisor: Arc<Supervisor>,
+    settings: GatewayConfig,
+    client: proxy::Client,
+    traffic: Mutex<BTreeMap<String, Traffic>>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub service: String,
+    pub routable: Routable,
+}
+
+/// One model as `GET /v1/models` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ListedModel {
+    pub id: String,
+    pub service: String,
+    /// The service's state: `ready`, `stopped`, `starting`, …
+    pub status: &'static str,
+}
+
+impl Gateway {
+    pub fn new(supervisor: Arc<Supervisor>, settings: GatewayConfig) -> Arc<Self> {
+        Arc::new(Self {
+            supervisor,
+            settings,
+            client: proxy::client(),
+            traffic: Mutex::default(),
+        })
+    }
+
+    pub fn max_body(&self) -> usize {
+        self.settings.max_body
+    }
+
+    /// Every model clients can ask for, running or not: each service's names,
+    /// then what it reported when ready.
+    pub fn models(&self) -> Vec<ListedModel> {
+        let mut listed: Vec<ListedModel> = Vec::new();
+        for (service, routable) in self.supervisor.routable() {
+            let reported = routable.status.models.iter().map(|model| model.id.clone());
+            for id in routable.names.iter().cloned().chain(reported) {
+                if listed.iter().any(|model| model.id == id) {
+                    continue;
+                }
+                listed.push(ListedModel {
+                    id,
+                    service: service.clone(),
+                    status: routable.status.state.name(),
+                });
+            }
+        }
+        listed
+    }
+
+    /// The service that serves `model`: configured names first, then the models
+    /// backends reported; else a 404 naming close names.
+    pub fn route(&self, model: &str) -> Result<Route, GatewayError> {
+        let services = self.supervisor.routable();
+        let configured = services
+            .iter()
+            .find(|(_, routable)| routable.names.iter().any(|name| name == model));
+        let reported = || {
+            services.iter().find(|(_, routable)| {
+                routable
+                    .status
+                    .models
+                    .iter()
+                    .any(|reported| reported.id == model)
+            })
+        };
+        if let Some((service, routable)) = configured.or_else(reported) {
+            return Ok(Route {
+                service: service.clone(),
+                routable: routable.clone(),
+            });
+        }
+        let known: Vec<String> = self.models().into_iter().map(|model| model.id).collect();
+        let hint = crate::config::did_you_mean(model, known.iter().map(String::as_str))
+            .map_or_else(
+                || {
+                    if known.is_empty() {
+                        "; nanny serves no model yet".to_string()
+                    } else {
+                        format!("; known models: {}", known.join(", "))
+                    }
+                },
+                |close| format!("; did you mean `{close}`?"),
+            );
+        Err(GatewayError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("The model `{model}` does not exist{hint}"),
+        ))
+    }
+
+    /// The service ready to take a request: started (with what it depends on)
+    /// when it is not, and waited for; a start that fails answers 503 with why.
+    pub async fn ready(&self, route: &Route) -> Result<ServiceStatus, GatewayError> {
+        let service = &route.service;
+        let unavailable = |message: String| {
+            GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            )
+        };
+        let mut status = self
+            .supervisor
+            .watch(service)
+            .map_err(|error| unavailable(error.to_string()))?;
+        let before = {
+            let now = status.borrow_and_update();
+            if now.state == State::Ready {
+                return Ok(now.clone());
+            }
+            now.since_unix_ms
+        };
+        self.supervisor
+            .start(service)
+            .await
+            .map_err(|error| match error {
+                SuperviseError::ShuttingDown => unavailable("nanny is shutting down".into()),
+                other => unavailable(other.to_string()),
+            })?;
+        // The start counts as activity: a service started for a request that
+        // never comes is stopped after its idle time, not at once.
+        self.touch(service);
+        let settled = |s: &ServiceStatus| match &s.state {
+            State::Ready => true,
+            State::Failed { .. } | State::Backoff { .. } | State::Stopped => {
+                s.since_unix_ms != before
+            }
+            State::Waiting { reason } => reason.contains("which failed"),
+            _ => false,
+        };
+        let budget = route.routable.startup_timeout + START_SLACK;
+        let settled = tokio::time::timeout(budget, status.wait_for(settled)).await;
+        let now = match settled {
+            Ok(Ok(now)) => now.clone(),
+            Ok(Err(_)) => return Err(unavailable(format!("`{service}` went away"))),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "`{service}` did not become ready within {}s",
+                    budget.as_secs()
+                )))
+            }
+        };
+        match &now.state {
+            State::Ready => Ok(now),
+            State::Failed { reason } | State::Waiting { reason } => Err(unavailable(format!(
+                "`{service}` could not start: {reason}"
+            ))),
+            _ => Err(unavailable(format!(
+                "`{service}` could not start: {}",
+                now.last_failure.as_deref().unwrap_or(now.state.name())
+            ))),
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight(self: &Arc<Self>, service: &str) -> InFlight {
+        lock(&self.traffic)
+            .entry(service.to_string())
+            .or_default()
+            .in_flight += 1;
+        InFlight {
+            gateway: self.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    fn touch(&self, service: &str) {
+        let now = unix_ms(SystemTime::now());
+        lock(&self.traffic)
+            .entry(service.to_string())
+            .or_default()
+            .last_end_unix_ms = now;
+    }
+
+    /// Stops services idle past their `idle_timeout`, for as long as the daemon runs.
+    pub async fn stop_idle_services(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(IDLE_CHECK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.supervisor.is_shutting_down() {
+                return;
+            }
+            for (service, idle_for) in self.idle_services() {
+                let said = format!(
+                    "nanny: stopping `{service}`: idle for {}",
+                    crate::config::duration::describe(idle_for)
+                );
+                tracing::info!("{said}");
+                if let Ok(logs) = self.supervisor.logs(&service) {
+                    logs.push(&OutputLine {
+                        stream: Stream::Stderr,
+                        text: said,
+                    });
+                }
+                if let Err(error) = self.supervisor.stop(&service).await {
+                    tracing::warn!(service = %service, "idle stop: {error}");
+                }
+            }
+        }
+    }
+
+    /// Ready services with no request in flight whose last one ended (or whose
+    /// start began) longer ago than their idle timeout, with that timeout.
+    fn idle_services(&self) -> Vec<(String, Duration)> {
+        let now = unix_ms(SystemTime::now());
+        let traffic = lock(&self.traffic).clone();
+        self.supervisor
+            .routable()
+            .into_iter()
+            .filter_map(|(service, routable)| {
+                let idle_timeout = routable.idle_timeout?;
+                if routable.status.state != State::Ready {
+                    return None;
+                }
+                let seen = traffic.get(&service).copied().unwrap_or_default();
+                let last = seen.last_end_unix_ms.max(routable.status.since_unix_ms);
+                let idle = now.saturating_sub(last);
+                (seen.in_flight == 0 && u128::from(idle) >= idle_timeout.as_millis())
+                    .then_some((service, idle_timeout))
+            })
+            .collect()
+    }
+}
+
+/// A request in flight; dropping it ends it (with its response body).
+pub struct InFlight {
+    gateway: Arc<Gateway>,
+    service: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = unix_ms(SystemTime::now());
+        let mut traffic = lock(&self.gateway.traffic);
+        let entry = traffic.entry(self.service.clone()).or_default();
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        entry.last_end_unix_ms = now;
+    }
+}

@@ -1,0 +1,355 @@
+//! The gateway's routes on the daemon's listener: OpenAI's paths routed by the
+//! body's `model` (JSON, or the form field of a multipart upload), and
+//! `/v1/services/{name}/proxy/…` for anything else a backend serves.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::Router;
+
+use super::error::GatewayError;
+use super::proxy::{forward, Upstream};
+use super::{Gateway, Route};
+use crate::supervise::ServiceStatus;
+
+/// Routed by a JSON body's `model`.
+const JSON_ROUTES: [&str; 13] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/rerank",
+    "/v2/rerank",
+    "/v1/score",
+    "/v1/audio/speech",
+    "/v1/images/generations",
+    "/v1/messages",
+    "/tokenize",
+    "/detokenize",
+];
+
+/// Routed by the `model` field of a multipart form.
+const FORM_ROUTES: [&str; 3] = [
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/images/edits",
+];
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let mut router = Router::new();
+    for path in JSON_ROUTES.into_iter().chain(FORM_ROUTES) {
+        router = router.route(path, post(by_model));
+    }
+    router
+        .route("/v1/services/{name}/proxy", any(by_name))
+        .route("/v1/services/{name}/proxy/{*rest}", any(by_name))
+        // Bodies are read against `[gateway] max_body`, answering 413 in OpenAI's shape.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(gateway)
+}
+
+async fn by_model(
+    State(gateway): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |target| target.to_string());
+    let served = async {
+        let bytes = read_body(body, gateway.max_body()).await?;
+        let form = Form::of(&headers);
+        let model = match &form {
+            Some(form) => form.model(&bytes),
+            None => json_model(&bytes),
+        }?;
+        let route = gateway.route(&model)?;
+        let in_flight = gateway.in_flight(&route.service);
+        let status = gateway.ready(&route).await?;
+        let bytes = match backend_name(&model, &status) {
+            None => bytes,
+            Some(name) => match &form {
+                Some(form) => form.with_model(&bytes, name),
+                None => json_with_model(&bytes, name)?,
+            },
+        };
+        let upstream = Upstream {
+            host: &route.routable.host,
+            port: status.port,
+            method,
+            target: &target,
+            headers: &headers,
+            length: Some(bytes.len()),
+            body: Body::from(bytes),
+        };
+        forward(&gateway.client, upstream, in_flight).await
+    };
+    served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `/v1/services/{name}/proxy/{rest}`: the service by name, started when it is
+/// not running, whatever the method and path.
+async fn by_name(
+    State(gateway): State<Arc<Gateway>>,
+    Path(params): Path<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let served = async {
+        let name = params
+            .iter()
+            .find(|(key, _)| key == "name")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        if !crate::names::is_valid(&name) {
+            return Err(GatewayError::bad_request(format!(
+                "`{}` is not a service name",
+                name.escape_default()
+            )));
+        }
+        let routable = gateway.supervisor.routable().remove(&name).ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "service_not_found",
+                format!("no service named `{name}`"),
+            )
+        })?;
+        let route = Route {
+            service: name.clone(),
+            routable,
+        };
+        // Everything after `/proxy`, query included.
+        let prefix = format!("/v1/services/{name}/proxy");
+        let rest = uri.path().strip_prefix(&prefix).unwrap_or_default();
+        let mut target = if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        };
+        if let Some(query) = uri.query() {
+            target = format!("{target}?{query}");
+        }
+        let in_flight = gateway.in_flight(&name);
+        let status = gateway.ready(&route).await?;
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse().ok());
+        let upstream = Upstream {
+            host: &route.routable.host,
+            port: status.port,
+            method,
+            target: &target,
+            headers: &headers,
+            body,
+            length,
+        };
+        forward(&gateway.client, upstream, in_flight).await
+    };
+    served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What is read and thrown away of a body over the limit, so the client gets
+/// to read the 413 instead of a broken pipe (nginx's lingering close, bounded).
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The body, whole, or 413 past `limit`.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut whole = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| {
+            GatewayError::bad_request(format!("the request body could not be read: {error}"))
+        })?;
+        if whole.len() + chunk.len() > limit {
+            let mut drained = 0;
+            let drain = async {
+                while let Some(Ok(chunk)) = chunks.next().await {
+                    drained += chunk.len();
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("the request body is over the gateway's limit of {limit} bytes (`[gateway] max_body`)"),
+            ));
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(whole))
+}
+
+fn json_model(body: &[u8]) -> Result<String, GatewayError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| GatewayError::bad_request(format!("the body is not JSON: {error}")))?;
+    match value.get("model") {
+        Some(serde_json::Value::String(model)) => Ok(model.clone()),
+        Some(_) => Err(GatewayError::bad_request("`model` must be a string")),
+        None => Err(GatewayError::bad_request(
+            "the body names no `model`; GET /v1/models lists them",
+        )),
+    }
+}
+
+/// The backend's own name for what the client called `model`, when they differ:
+/// a backend that reported models and not this one gets its first.
+fn backend_name<'a>(model: &str, status: &'a ServiceStatus) -> Option<&'a str> {
+    let reported = &status.models;
+    if reported.is_empty() || reported.iter().any(|known| known.id == model) {
+        return None;
+    }
+    reported.first().map(|known| known.id.as_str())
+}
+
+/// The JSON body with only its `model` changed.
+fn json_with_model(body: &[u8], model: &str) -> Result<Bytes, GatewayError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| GatewayError::bad_request(format!("the body is not JSON: {error}")))?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("model".into(), serde_json::Value::String(model.into()));
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|error| GatewayError::bad_request(error.to_string()))
+}
+
+/// A `multipart/form-data` body's boundary.
+struct Form {
+    boundary: String,
+}
+
+impl Form {
+    fn of(headers: &HeaderMap) -> Option<Self> {
+        let kind = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+        if !kind.trim_start().starts_with("multipart/form-data") {
+            return None;
+        }
+        let boundary = kind.split(';').find_map(|part| {
+            part.trim()
+                .strip_prefix("boundary=")
+                .map(|b| b.trim_matches('"').to_string())
+        })?;
+        Some(Self { boundary })
+    }
+
+    /// The byte range of the `model` field's value.
+    fn model_range(&self, body: &[u8]) -> Option<std::ops::Range<usize>> {
+        let delimiter = format!("--{}", self.boundary);
+        let mut at = find(body, delimiter.as_bytes(), 0)?;
+        loop {
+            let part = at + delimiter.len();
+            let head_end = find(body, b"\r\n\r\n", part)?;
+            let head = std::str::from_utf8(&body[part..head_end]).ok()?;
+            let next = find(body, format!("\r\n{delimiter}").as_bytes(), head_end)?;
+            let is_model = head.lines().any(|line| {
+                let line = line.to_ascii_lowercase();
+                line.starts_with("content-disposition:") && line.contains("name=\"model\"")
+            });
+            if is_model {
+                return Some(head_end + 4..next);
+            }
+            at = next + 2;
+        }
+    }
+
+    fn model(&self, body: &[u8]) -> Result<String, GatewayError> {
+        let range = self.model_range(body).ok_or_else(|| {
+            GatewayError::bad_request("the form has no `model` field (or is cut short)")
+        })?;
+        String::from_utf8(body[range].to_vec())
+            .map(|model| model.trim().to_string())
+            .map_err(|_| GatewayError::bad_request("the form's `model` is not text"))
+    }
+
+    fn with_model(&self, body: &[u8], model: &str) -> Bytes {
+        let Some(range) = self.model_range(body) else {
+            return Bytes::copy_from_slice(body);
+        };
+        let mut rewritten = Vec::with_capacity(body.len() + model.len());
+        rewritten.extend_from_slice(&body[..range.start]);
+        rewritten.extend_from_slice(model.as_bytes());
+        rewritten.extend_from_slice(&body[range.end..]);
+        Bytes::from(rewritten)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|at| at + from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(body: &str) -> (Form, Vec<u8>) {
+        (
+            Form {
+                boundary: "XyZ".into(),
+            },
+            body.replace('\n', "\r\n").into_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_form_names_its_model_and_takes_another() {
+        let (form, body) = parsed("--XyZ\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\n\nRIFF..\n--XyZ\nContent-Disposition: form-data; name=\"model\"\n\nwhisper\n--XyZ--\n");
+        assert_eq!(form.model(&body).unwrap(), "whisper");
+        let rewritten = form.with_model(&body, "openai/whisper-large-v3");
+        assert_eq!(form.model(&rewritten).unwrap(), "openai/whisper-large-v3");
+        assert!(String::from_utf8_lossy(&rewritten).contains("RIFF.."));
+    }
+
+    #[test]
+    fn a_form_cut_short_or_without_model_is_a_bad_request() {
+        let (form, body) = parsed("--XyZ\nContent-Disposition: form-data; name=\"model\"\n\nwhis");
+        assert_eq!(
+            form.model(&body).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let (form, body) =
+            parsed("--XyZ\nContent-Disposition: form-data; name=\"file\"\n\nx\n--XyZ--\n");
+        assert_eq!(
+            form.model(&body).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn json_bodies_name_a_string_model_or_are_refused() {
+        assert_eq!(
+            json_model(br#"{"model":"qwen","messages":[]}"#).unwrap(),
+            "qwen"
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"messages":[]}"#,
+            br#"{"model":7}"#,
+            br#"[1,2]"#,
+        ] {
+            assert_eq!(json_model(bad).unwrap_err().status, StatusCode::BAD_REQUEST);
+        }
+        let rewritten =
+            json_with_model(br#"{"model":"qwen","stream":true}"#, "Qwen/Qwen2.5").unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(value["model"], "Qwen/Qwen2.5");
+        assert_eq!(value["stream"], true);
+    }
+}

@@ -1,0 +1,205 @@
+//! The gateway through the real `openai` Python SDK (from PyPI, in a venv the
+//! tests make): one address for every model, a stopped service started by its
+//! first request, the client's model name rewritten to the backend's, streaming,
+//! errors in OpenAI's shape, and an idle service stopped again.
+
+use std::process::Command;
+
+use nanny_tests::{agent, port_range_line, python_with, Daemon};
+
+const OPENAI: &str = "openai==1.109.1";
+
+const SCRIPT: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed-on-loopback", max_retries=0)
+out = {}
+out["models"] = sorted((m.id, m.owned_by) for m in client.models.list())
+messages = [{"role": "user", "content": "hello"}]
+reply = client.chat.completions.create(model="my-chat", messages=messages)
+out["chat_model"] = reply.model
+out["chat_text"] = reply.choices[0].message.content
+stream = client.chat.completions.create(model="my-chat", messages=messages, stream=True)
+out["streamed"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+out["completion"] = client.completions.create(model="my-chat", prompt="hi").choices[0].text
+out["embeddings"] = len(client.embeddings.create(model="mock-embed", input=["a", "b"]).data)
+try:
+    client.chat.completions.create(model="my-chta", messages=messages)
+    out["unknown"] = "answered"
+except openai.NotFoundError as error:
+    out["unknown"] = [error.code, error.message]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_openai_sdk_reaches_every_model_through_one_address() {
+    let python = python_with(OPENAI);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+{}
+
+[services.chat]
+backend = "mock"
+autostart = false
+models = ["my-chat"]
+idle_timeout = "2s"
+settings = {{ models = ["mock-chat"] }}
+
+[services.embed]
+backend = "mock"
+settings = {{ models = ["mock-embed"] }}
+"#,
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("[embed] ready"));
+
+    let output = Command::new(&python)
+        .args(["-c", SCRIPT, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // Listed while `chat` was still stopped: its configured name, and what the
+    // running `embed` reported.
+    assert_eq!(
+        out["models"],
+        serde_json::json!([["mock-embed", "embed"], ["my-chat", "chat"]])
+    );
+    assert_eq!(
+        out["chat_model"], "mock-chat",
+        "the name was rewritten to the backend's"
+    );
+    let text = out["chat_text"].as_str().unwrap();
+    assert!(text.contains("mock reply from mock-chat"), "{text}");
+    assert_eq!(out["streamed"], text, "the stream carries the same reply");
+    assert!(out["completion"].as_str().unwrap().contains("mock-chat"));
+    assert_eq!(out["embeddings"], 2);
+    assert_eq!(out["unknown"][0], "model_not_found");
+    let message = out["unknown"][1].as_str().unwrap();
+    assert!(message.contains("did you mean `my-chat`?"), "{message}");
+
+    // Started by the first request, stopped once idle for its 2 s.
+    daemon.expect(|line| line.starts_with("[chat] ready"));
+    daemon.expect(|line| line.starts_with("[chat] stopped"));
+    let (_, logs) = nanny_tests::call(
+        "GET",
+        &format!("{}/v1/services/chat/logs?tail=20", daemon.url),
+        None,
+    );
+    assert!(
+        logs.to_string()
+            .contains("nanny: stopping `chat`: idle for 2s"),
+        "{logs}"
+    );
+}
+
+/// Malformed bodies are 400s in OpenAI's shape, a body over `max_body` is 413,
+/// and none of them starts anything.
+#[test]
+fn bad_requests_get_openai_errors_and_start_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\n{}\n\n[gateway]\nmax_body = \"1MiB\"\n\n[services.chat]\nbackend = \"mock\"\nautostart = false\nmodels = [\"my-chat\"]\n",
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let url = format!("{}/v1/chat/completions", daemon.url);
+    let post = |content_type: &str, body: Vec<u8>| {
+        // As OpenAI clients do: a multipart form is a request a web page could
+        // send too, so without `Authorization` the CSRF guard refuses it first.
+        let mut response = agent()
+            .post(&url)
+            .header("Content-Type", content_type)
+            .header("Authorization", "Bearer not-needed-on-loopback")
+            .send(&body[..])
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("application/json", b"not json".to_vec(), 400, "not JSON"),
+        (
+            "application/json",
+            br#"{"messages": []}"#.to_vec(),
+            400,
+            "names no `model`",
+        ),
+        (
+            "application/json",
+            br#"{"model": 7}"#.to_vec(),
+            400,
+            "must be a string",
+        ),
+        (
+            "application/json",
+            br#"{"model": "nope"}"#.to_vec(),
+            404,
+            "does not exist",
+        ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmy-ch".to_vec(),
+            400,
+            "no `model` field",
+        ),
+        (
+            "application/json",
+            format!(
+                r#"{{"model": "my-chat", "pad": "{}"}}"#,
+                "x".repeat(2 << 20)
+            )
+            .into_bytes(),
+            413,
+            "over the gateway's limit",
+        ),
+    ];
+    for (content_type, body, status, says) in cases {
+        let (got, error) = post(content_type, body);
+        assert_eq!(got, status, "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{message}");
+        assert!(error["error"]["type"].is_string(), "{error}");
+    }
+    let (_, chat) = nanny_tests::call("GET", &format!("{}/v1/services/chat", daemon.url), None);
+    assert_eq!(chat["state"], "stopped", "no bad request started anything");
+}
+
+/// A name two services claim is a configuration error naming both.
+#[test]
+fn a_model_name_two_services_claim_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        "[services.a]\nbackend = \"mock\"\nmodels = [\"qwen\"]\n\n[services.b]\nbackend = \"mock\"\nmodel = \"qwen\"\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (ok, _, stderr) = nanny_tests::nanny(&["config", "check", path], &[], dir.path());
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!("{path}:5: `services.b.models`: model `qwen` is served by `a` already; a name routes to one service")
+    );
+}
