@@ -493,3 +493,31 @@ pub fn python_with(requirement: &str) -> PathBuf {
     std::fs::write(&ready, requirement).unwrap();
     python
 }
+
+/// A daemon whose `nvidia-smi` is the fake one (`tests/fake-gpu`), with two
+/// 80 GB cards, reading and writing its files in `dir`; `config` is everything
+/// after the `[daemon]` table.
+pub fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
+    std::fs::write(
+        dir.join("gpus.csv"),
+        "0, GPU-fake-0, Fake H100, 81559, 0\n1, GPU-fake-1, Fake H100, 81559, 0\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        workspace().join("tests/fake-gpu").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let file = dir.join("nanny.toml");
+    std::fs::write(&file, format!("[daemon]\n{}\n{config}", port_range_line())).unwrap();
+    let fake_dir = dir.display().to_string();
+    Daemon::up_with(
+        &file,
+        dir,
+        &[
+            ("PATH", path.as_str()),
+            ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
+            ("NANNY_NO_NVML", "1"),
+        ],
+    )
+}

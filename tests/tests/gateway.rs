@@ -203,3 +203,80 @@ fn a_model_name_two_services_claim_is_refused_naming_both() {
         format!("{path}:5: `services.b.models`: model `qwen` is served by `a` already; a name routes to one service")
     );
 }
+
+const SWAPS: &str = r#"
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed-on-loopback", max_retries=0, timeout=120)
+
+def ask(model):
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    return reply.model
+
+with ThreadPoolExecutor(4) as pool:
+    futures = []
+    for model in ["model-a", "model-b", "model-a", "model-b"]:
+        futures.append(pool.submit(ask, model))
+        time.sleep(0.05)
+    print(json.dumps([future.result() for future in futures]))
+"#;
+
+/// Two services on one (fake) GPU: requests A, B, A, B are all answered, with
+/// two starts, not four — all A's, then all B's.
+#[test]
+fn requests_for_two_services_on_one_gpu_are_collated_into_two_swaps() {
+    let python = python_with(OPENAI);
+    let dir = tempfile::tempdir().unwrap();
+    let service = |name: &str| {
+        format!(
+            "[services.{name}]\nbackend = \"mock\"\ngpus = [0]\nautostart = false\nmodels = [\"model-{name}\"]\nsettings = {{ models = [\"mock-{name}\"], startup_delay_ms = 500 }}\n"
+        )
+    };
+    let daemon = nanny_tests::daemon_with_fake_gpus(
+        dir.path(),
+        &format!("{}\n{}", service("a"), service("b")),
+    );
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let output = Command::new(&python)
+        .args(["-c", SWAPS, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let answered: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        answered,
+        serde_json::json!(["mock-a", "mock-b", "mock-a", "mock-b"]),
+        "every request answered by its own model"
+    );
+    let launches = |service: &str| {
+        let (_, logs) = nanny_tests::call(
+            "GET",
+            &format!("{}/v1/services/{service}/logs?tail=1000", daemon.url),
+            None,
+        );
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|line| {
+                line["text"]
+                    .as_str()
+                    .is_some_and(|text| text.starts_with("mock-backend listening"))
+            })
+            .count()
+    };
+    assert_eq!(
+        (launches("a"), launches("b")),
+        (1, 1),
+        "two swaps, not four"
+    );
+    // Whichever came first was evicted for the other.
+    let (_, a) = nanny_tests::call("GET", &format!("{}/v1/services/a", daemon.url), None);
+    let (_, b) = nanny_tests::call("GET", &format!("{}/v1/services/b", daemon.url), None);
+    let mut states = [a["state"].as_str().unwrap(), b["state"].as_str().unwrap()];
+    states.sort();
+    assert_eq!(states, ["ready", "stopped"], "{a} {b}");
+}

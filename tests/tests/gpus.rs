@@ -2,9 +2,7 @@
 //! `nvidia-smi` first on PATH (the same code path as the real one) driven by
 //! files this test writes.
 
-use std::path::Path;
-
-use nanny_tests::{call, nanny_bin, port_range_line, workspace, Daemon};
+use nanny_tests::{call, daemon_with_fake_gpus, nanny_bin, Daemon};
 use serde_json::Value;
 
 const TWO_ON_ONE_GPU: &str = r#"
@@ -17,32 +15,6 @@ backend = "mock"
 gpus = [0]
 autostart = false
 "#;
-
-/// A daemon whose `nvidia-smi` is the fake one, reading `dir`.
-fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
-    std::fs::write(
-        dir.join("gpus.csv"),
-        "0, GPU-fake-0, Fake H100, 81559, 0\n1, GPU-fake-1, Fake H100, 81559, 0\n",
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        workspace().join("tests/fake-gpu").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let file = dir.join("nanny.toml");
-    std::fs::write(&file, format!("[daemon]\n{}\n{config}", port_range_line())).unwrap();
-    let fake_dir = dir.display().to_string();
-    Daemon::up_with(
-        &file,
-        dir,
-        &[
-            ("PATH", path.as_str()),
-            ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
-            ("NANNY_NO_NVML", "1"),
-        ],
-    )
-}
 
 fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
     call("GET", &format!("{}{path}", daemon.url), None)

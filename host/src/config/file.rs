@@ -34,6 +34,12 @@ pub struct RawGateway {
     pub idle_timeout: Option<Duration>,
     /// The largest request body (`"64MiB"`).
     pub max_body: Option<Spanned<String>>,
+    /// How long requests in flight on a service being evicted may take (`"30s"`).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub drain_timeout: Option<Duration>,
+    /// How long a request waits for a busy GPU before its model goes next anyway.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub max_wait: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

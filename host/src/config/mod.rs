@@ -49,6 +49,10 @@ pub struct GatewayConfig {
     pub idle_timeout: Option<std::time::Duration>,
     /// The largest request body the gateway takes.
     pub max_body: usize,
+    /// How long an evicted service's requests in flight may take to finish.
+    pub drain_timeout: std::time::Duration,
+    /// How long a request waits for a busy GPU before its service goes next anyway.
+    pub max_wait: std::time::Duration,
 }
 
 /// The gateway's body cap unless `[gateway] max_body` says: enough for base64 images.
@@ -59,6 +63,8 @@ impl Default for GatewayConfig {
         Self {
             idle_timeout: None,
             max_body: DEFAULT_MAX_BODY,
+            drain_timeout: std::time::Duration::from_secs(30),
+            max_wait: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -173,8 +179,11 @@ impl Config {
                 }
             }
         }
+        let defaults = GatewayConfig::default();
         let gateway = GatewayConfig {
             idle_timeout: raw.gateway.idle_timeout.filter(|idle| !idle.is_zero()),
+            drain_timeout: raw.gateway.drain_timeout.unwrap_or(defaults.drain_timeout),
+            max_wait: raw.gateway.max_wait.unwrap_or(defaults.max_wait),
             max_body: match &raw.gateway.max_body {
                 None => DEFAULT_MAX_BODY,
                 Some(size) => match file::vram_mib(size.get_ref()) {

@@ -7,6 +7,7 @@
 mod error;
 mod proxy;
 pub mod routes;
+mod swap;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,55 @@ pub struct Gateway {
     settings: GatewayConfig,
     client: proxy::Client,
     traffic: Mutex<BTreeMap<String, Traffic>>,
+    /// Wakes whoever waits for a service's requests to finish.
+    traffic_changed: tokio::sync::Notify,
+    /// Which waiting request for a GPU service goes next.
+    scheduler: Mutex<swap::Scheduler>,
+    /// Requests waiting for the scheduler, by id.
+    waiting: Mutex<BTreeMap<u64, Waiter>>,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+/// A request waiting for the scheduler: its service, and where its admission goes.
+type Waiter = (
+    String,
+    tokio::sync::oneshot::Sender<Result<InFlight, String>>,
+);
+
+/// The world as the scheduler sees it at one moment, read off the async
+/// workers (a GPU check may ask the driver).
+struct Snapshot {
+    services: BTreeMap<String, Seen>,
+}
+
+struct Seen {
+    wants_gpus: bool,
+    running: bool,
+    blockers: Vec<String>,
+    in_flight: usize,
+}
+
+impl swap::View for Snapshot {
+    fn wants_gpus(&self, service: &str) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|seen| seen.wants_gpus)
+    }
+
+    fn running(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|seen| seen.running)
+    }
+
+    fn blockers(&self, service: &str) -> Vec<String> {
+        self.services
+            .get(service)
+            .map(|seen| seen.blockers.clone())
+            .unwrap_or_default()
+    }
+
+    fn in_flight(&self, service: &str) -> usize {
+        self.services.get(service).map_or(0, |seen| seen.in_flight)
+    }
 }
 
 /// Where a request goes.
@@ -62,10 +112,131 @@ impl Gateway {
     pub fn new(supervisor: Arc<Supervisor>, settings: GatewayConfig) -> Arc<Self> {
         Arc::new(Self {
             supervisor,
-            settings,
             client: proxy::client(),
             traffic: Mutex::default(),
+            traffic_changed: tokio::sync::Notify::new(),
+            scheduler: Mutex::new(swap::Scheduler::new(settings.max_wait)),
+            waiting: Mutex::default(),
+            next_request: std::sync::atomic::AtomicU64::new(1),
+            settings,
         })
+    }
+
+    /// A request may go to `service` now: at once for a service without GPUs;
+    /// for one with, when the scheduler says (after a switch, if it needs one).
+    /// The request is in flight from the moment it is admitted.
+    pub async fn admit(self: &Arc<Self>, service: &str) -> Result<InFlight, GatewayError> {
+        let wants_gpus = self
+            .supervisor
+            .routable()
+            .get(service)
+            .is_some_and(|routable| routable.wants_gpus);
+        if !wants_gpus {
+            return Ok(self.in_flight(service));
+        }
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (admitted, admission) = tokio::sync::oneshot::channel();
+        lock(&self.waiting).insert(id, (service.to_string(), admitted));
+        // In line by arrival, before anything is awaited.
+        lock(&self.scheduler).enqueue(id, service);
+        // If the client goes away while waiting, its place in line goes too.
+        let _place = Place {
+            gateway: self.clone(),
+            id,
+        };
+        let snapshot = self.snapshot().await;
+        let effects = lock(&self.scheduler).changed(&snapshot);
+        self.perform(effects);
+        let _deadline = tokio::spawn(self.clone().decide_at_deadline());
+        match admission.await {
+            Ok(Ok(in_flight)) => Ok(in_flight),
+            Ok(Err(reason)) => Err(GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!("`{service}` could not be switched to: {reason}"),
+            )),
+            Err(_) => Err(GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "nanny is shutting down",
+            )),
+        }
+    }
+
+    /// Decides again once the oldest waiter's `max_wait` is up (it may go
+    /// next then, whoever is busy).
+    async fn decide_at_deadline(self: Arc<Self>) {
+        let deadline = lock(&self.scheduler).next_deadline();
+        if let Some(deadline) = deadline {
+            tokio::time::sleep_until(deadline).await;
+            self.reschedule().await;
+        }
+    }
+
+    /// Something changed (a request ended, time passed): decide again.
+    async fn reschedule(self: &Arc<Self>) {
+        if lock(&self.waiting).is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot().await;
+        let effects = lock(&self.scheduler).changed(&snapshot);
+        self.perform(effects);
+    }
+
+    async fn snapshot(self: &Arc<Self>) -> Snapshot {
+        let gateway = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let traffic = lock(&gateway.traffic).clone();
+            let services = gateway
+                .supervisor
+                .routable()
+                .into_iter()
+                .map(|(name, routable)| {
+                    let running = routable.status.state.is_started();
+                    let blockers = if routable.wants_gpus && !running {
+                        gateway.supervisor.gpu_blockers(&name)
+                    } else {
+                        Vec::new()
+                    };
+                    let seen = Seen {
+                        wants_gpus: routable.wants_gpus,
+                        running,
+                        blockers,
+                        in_flight: traffic.get(&name).map_or(0, |t| t.in_flight),
+                    };
+                    (name, seen)
+                })
+                .collect();
+            Snapshot { services }
+        });
+        read.await.unwrap_or(Snapshot {
+            services: BTreeMap::new(),
+        })
+    }
+
+    /// Carries out what the scheduler decided.
+    fn perform(self: &Arc<Self>, effects: Vec<swap::Effect>) {
+        for effect in effects {
+            match effect {
+                swap::Effect::Admit(id) => {
+                    let Some((service, waiter)) = lock(&self.waiting).remove(&id) else {
+                        continue;
+                    };
+                    // In flight from now: the scheduler counts on it.
+                    let _ = waiter.send(Ok(self.in_flight(&service)));
+                }
+                swap::Effect::Reject(id, reason) => {
+                    if let Some((_, waiter)) = lock(&self.waiting).remove(&id) {
+                        let _ = waiter.send(Err(reason));
+                    }
+                }
+                swap::Effect::Switch { to, evict } => {
+                    tokio::spawn(self.clone().switch(to, evict));
+                }
+            }
+        }
     }
 
     pub fn max_body(&self) -> usize {
@@ -197,6 +368,53 @@ impl Gateway {
         }
     }
 
+    /// Switches the GPUs to `to`: waits (bounded by `drain_timeout`) for the
+    /// requests of the services it must evict to finish — a stream in progress
+    /// is never cut — stops them, starts `to` and tells the scheduler.
+    async fn switch(self: Arc<Self>, to: String, evict: Vec<String>) {
+        let drain = tokio::time::sleep(self.settings.drain_timeout);
+        tokio::pin!(drain);
+        for service in &evict {
+            loop {
+                let idle = self.traffic_changed.notified();
+                if lock(&self.traffic)
+                    .get(service)
+                    .is_none_or(|t| t.in_flight == 0)
+                {
+                    break;
+                }
+                tokio::select! {
+                    _ = idle => {}
+                    _ = &mut drain => {
+                        tracing::warn!(service = %service, "evicted for `{to}` with requests still in flight after the drain timeout");
+                        break;
+                    }
+                }
+            }
+            tracing::info!(service = %service, "evicted for `{to}`, which needs its GPUs");
+            if let Err(error) = self.supervisor.stop(service).await {
+                tracing::warn!(service = %service, "eviction: {error}");
+            }
+        }
+        let routable = self.supervisor.routable().remove(&to);
+        let outcome = match routable {
+            Some(routable) => {
+                let route = Route {
+                    service: to.clone(),
+                    routable,
+                };
+                self.ready(&route)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| error.message)
+            }
+            None => Err(format!("`{to}` is no longer configured")),
+        };
+        let snapshot = self.snapshot().await;
+        let effects = lock(&self.scheduler).switched(&to, outcome, &snapshot);
+        self.perform(effects);
+    }
+
     /// Counts a request in flight until the guard is dropped.
     pub fn in_flight(self: &Arc<Self>, service: &str) -> InFlight {
         lock(&self.traffic)
@@ -268,6 +486,20 @@ impl Gateway {
     }
 }
 
+/// A request's place in the scheduler's line, given up when it is dropped
+/// (the client went away before its turn).
+struct Place {
+    gateway: Arc<Gateway>,
+    id: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        lock(&self.gateway.waiting).remove(&self.id);
+        lock(&self.gateway.scheduler).cancel(self.id);
+    }
+}
+
 /// A request in flight; dropping it ends it (with its response body).
 pub struct InFlight {
     gateway: Arc<Gateway>,
@@ -281,5 +513,14 @@ impl Drop for InFlight {
         let entry = traffic.entry(self.service.clone()).or_default();
         entry.in_flight = entry.in_flight.saturating_sub(1);
         entry.last_end_unix_ms = now;
+        drop(traffic);
+        self.gateway.traffic_changed.notify_waiters();
+        // Someone waiting for this service's GPUs may go now.
+        if !lock(&self.gateway.waiting).is_empty() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let gateway = self.gateway.clone();
+                runtime.spawn(async move { gateway.reschedule().await });
+            }
+        }
     }
 }

@@ -71,7 +71,7 @@ async fn by_model(
             None => json_model(&bytes),
         }?;
         let route = gateway.route(&model)?;
-        let in_flight = gateway.in_flight(&route.service);
+        let in_flight = gateway.admit(&route.service).await?;
         let status = gateway.ready(&route).await?;
         let bytes = match backend_name(&model, &status) {
             None => bytes,
@@ -138,7 +138,7 @@ async fn by_name(
         if let Some(query) = uri.query() {
             target = format!("{target}?{query}");
         }
-        let in_flight = gateway.in_flight(&name);
+        let in_flight = gateway.admit(&name).await?;
         let status = gateway.ready(&route).await?;
         let length = headers
             .get(header::CONTENT_LENGTH)

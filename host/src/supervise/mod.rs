@@ -107,6 +107,7 @@ struct ServiceHandle {
 #[derive(Debug, Clone)]
 struct RouteSpec {
     host: String,
+    wants_gpus: bool,
     names: Vec<String>,
     idle_timeout: Option<std::time::Duration>,
     startup_timeout: std::time::Duration,
@@ -117,6 +118,8 @@ struct RouteSpec {
 pub struct Routable {
     /// Where the backend listens (with `status.port`).
     pub host: String,
+    /// Whether it takes a GPU lease: such services are swapped, not just started.
+    pub wants_gpus: bool,
     /// The names clients use (`models`, else `model`); the models the backend
     /// reported when last ready route here too.
     pub names: Vec<String>,
@@ -407,6 +410,7 @@ impl Supervisor {
             topology.gpu_requests.insert(name.clone(), spec.gpu.clone());
             let route = RouteSpec {
                 host: spec.service.host.clone(),
+                wants_gpus: self.gpus.is_some() && spec.gpu.wants_gpus(),
                 names: spec.routed_names(),
                 idle_timeout: spec.idle_stop,
                 startup_timeout: spec.startup_timeout,
@@ -617,6 +621,15 @@ impl Supervisor {
         Ok(evicted)
     }
 
+    /// The services holding the GPUs `name` needs, which it could only start
+    /// after they stop; empty when it runs already or fits beside them.
+    pub fn gpu_blockers(&self, name: &str) -> Vec<String> {
+        match self.check_gpus(name) {
+            Err(SuperviseError::GpuConflict(conflict)) => conflict.holders,
+            _ => Vec::new(),
+        }
+    }
+
     fn check_gpus(&self, name: &str) -> Result<(), SuperviseError> {
         let status = self.watch(name)?;
         let request = self.read().gpu_requests.get(name).cloned();
@@ -640,6 +653,7 @@ impl Supervisor {
                 let route = &handle.route;
                 let routable = Routable {
                     host: route.host.clone(),
+                    wants_gpus: route.wants_gpus,
                     names: route.names.clone(),
                     idle_timeout: route.idle_timeout,
                     startup_timeout: route.startup_timeout,
