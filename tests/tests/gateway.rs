@@ -280,3 +280,113 @@ fn requests_for_two_services_on_one_gpu_are_collated_into_two_swaps() {
     states.sort();
     assert_eq!(states, ["ready", "stopped"], "{a} {b}");
 }
+
+const LIMITS: &str = r#"
+import json, sys, threading
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed-on-loopback", max_retries=0)
+messages = [{"role": "user", "content": "hi"}]
+out = {}
+
+def holding(model):
+    """A slow stream that has begun: its request holds a slot until closed."""
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True)
+    next(iter(stream))
+    return stream
+
+def refused(model):
+    try:
+        client.chat.completions.create(model=model, messages=messages)
+        return "answered"
+    except openai.APIStatusError as error:
+        return [error.status_code, error.response.headers.get("retry-after"), error.code]
+
+# queue = false: the second request is refused at once.
+stream = holding("strict")
+out["strict"] = refused("strict")
+stream.close()
+
+# queue = true, but [gateway] max_queue = 0: nobody may wait.
+stream = holding("lined")
+out["lined"] = refused("lined")
+stream.close()
+
+# queue = true on a gateway with room: the second waits for the first's slot.
+stream = holding("patient")
+answered = {}
+waiter = threading.Thread(target=lambda: answered.update(model=client.chat.completions.create(model="patient", messages=messages).model))
+waiter.start()
+stream.close()
+waiter.join()
+out["patient"] = answered["model"]
+print(json.dumps(out))
+"#;
+
+/// `max_concurrent` with `queue = false` answers 429, a full `max_queue` 503,
+/// both with `Retry-After`; with room in the queue a request waits its turn.
+#[test]
+fn concurrency_limits_refuse_or_queue_before_any_byte_is_sent() {
+    let python = python_with(OPENAI);
+    let service = |name: &str, extra: &str| {
+        format!(
+            "[services.{name}]\nbackend = \"mock\"\nmodels = [\"{name}\"]\nargs = [\"--tokens-per-second\", \"2\"]\nmax_concurrent = 1\n{extra}settings = {{ models = [\"mock-{name}\"] }}\n"
+        )
+    };
+    let run = |gateway: &str, services: String| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nanny.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\n{}\n\n[gateway]\n{gateway}\n{services}",
+                port_range_line()
+            ),
+        )
+        .unwrap();
+        (dir, config)
+    };
+    // Two daemons: one whose queue has no room, one whose queue does.
+    let (dir, config) = run(
+        "max_queue = 0",
+        format!(
+            "{}{}",
+            service("strict", "queue = false\n"),
+            service("lined", "")
+        ),
+    );
+    // Requests wait for their services to be ready: no need to watch for it.
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let (roomy_dir, roomy_config) = run("", service("patient", ""));
+    let roomy = Daemon::up(&roomy_config, roomy_dir.path());
+    roomy.expect(|line| line.starts_with("nanny: supervising"));
+
+    let both = |daemon: &Daemon, roomy: &Daemon| {
+        // The script talks to one address: the patient part runs against the roomy daemon.
+        let output = Command::new(&python)
+            .args([
+                "-c",
+                &LIMITS.replace(
+                    "stream = holding(\"patient\")",
+                    &format!(
+                        "client = openai.OpenAI(base_url=\"{}/v1\", api_key=\"x\", max_retries=0)\nstream = holding(\"patient\")",
+                        roomy.url
+                    ),
+                ),
+                &format!("{}/v1", daemon.url),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let out = both(&daemon, &roomy);
+    assert_eq!(
+        out["strict"],
+        serde_json::json!([429, "1", "too_many_requests"])
+    );
+    assert_eq!(out["lined"], serde_json::json!([503, "1", "queue_full"]));
+    assert_eq!(out["patient"], "mock-patient");
+}

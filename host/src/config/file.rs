@@ -40,6 +40,9 @@ pub struct RawGateway {
     /// How long a request waits for a busy GPU before its model goes next anyway.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub max_wait: Option<Duration>,
+    /// Requests waiting for a `max_concurrent` slot, all services together;
+    /// beyond it, 503 with `Retry-After`.
+    pub max_queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +90,10 @@ pub struct RawService {
     /// Stopped this long after its last request through the gateway; `0`: never.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub idle_timeout: Option<Duration>,
+    /// Requests the gateway lets in at once; more wait (or get 429 with `queue = false`).
+    pub max_concurrent: Option<usize>,
+    /// Whether requests beyond `max_concurrent` wait (the default) or are refused.
+    pub queue: Option<bool>,
     #[serde(default = "loopback")]
     pub host: String,
     pub port: Option<u16>,

@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     pub drain_timeout: std::time::Duration,
     /// How long a request waits for a busy GPU before its service goes next anyway.
     pub max_wait: std::time::Duration,
+    /// Requests waiting for a `max_concurrent` slot, all services together.
+    pub max_queue: usize,
 }
 
 /// The gateway's body cap unless `[gateway] max_body` says: enough for base64 images.
@@ -65,6 +67,7 @@ impl Default for GatewayConfig {
             max_body: DEFAULT_MAX_BODY,
             drain_timeout: std::time::Duration::from_secs(30),
             max_wait: std::time::Duration::from_secs(30),
+            max_queue: 512,
         }
     }
 }
@@ -184,6 +187,7 @@ impl Config {
             idle_timeout: raw.gateway.idle_timeout.filter(|idle| !idle.is_zero()),
             drain_timeout: raw.gateway.drain_timeout.unwrap_or(defaults.drain_timeout),
             max_wait: raw.gateway.max_wait.unwrap_or(defaults.max_wait),
+            max_queue: raw.gateway.max_queue.unwrap_or(defaults.max_queue),
             max_body: match &raw.gateway.max_body {
                 None => DEFAULT_MAX_BODY,
                 Some(size) => match file::vram_mib(size.get_ref()) {
@@ -300,6 +304,10 @@ impl Config {
                     .iter()
                     .map(|name| name.get_ref().clone())
                     .collect(),
+                concurrency: crate::supervise::Concurrency {
+                    max: raw.max_concurrent.filter(|max| *max > 0),
+                    queue: raw.queue.unwrap_or(true),
+                },
                 probes: ProbeOverrides {
                     path: health_path,
                     readiness_period: raw.probes.readiness_period,

@@ -48,6 +48,10 @@ pub struct Gateway {
     /// Requests waiting for the scheduler, by id.
     waiting: Mutex<BTreeMap<u64, Waiter>>,
     next_request: std::sync::atomic::AtomicU64,
+    /// Each service's `max_concurrent` slots: (the limit they were made for, slots).
+    slots: Mutex<BTreeMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
+    /// Requests waiting for a slot now, all services together.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A request waiting for the scheduler: its service, and where its admission goes.
@@ -118,8 +122,70 @@ impl Gateway {
             scheduler: Mutex::new(swap::Scheduler::new(settings.max_wait)),
             waiting: Mutex::default(),
             next_request: std::sync::atomic::AtomicU64::new(1),
+            slots: Mutex::default(),
+            queued: Arc::default(),
             settings,
         })
+    }
+
+    /// A slot under the service's `max_concurrent`: at once; or after waiting
+    /// in line (`queue = true`, while `[gateway] max_queue` has room: else 503);
+    /// or 429 (`queue = false`). Decided before any byte is sent.
+    pub async fn slot(
+        &self,
+        route: &Route,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GatewayError> {
+        use std::sync::atomic::Ordering;
+        let concurrency = route.routable.concurrency;
+        let Some(max) = concurrency.max else {
+            return Ok(None);
+        };
+        let slots = {
+            let mut slots = lock(&self.slots);
+            let entry = slots
+                .entry(route.service.clone())
+                .or_insert_with(|| (max, Arc::new(tokio::sync::Semaphore::new(max))));
+            if entry.0 != max {
+                // A reload changed the limit: new requests count against the new one.
+                *entry = (max, Arc::new(tokio::sync::Semaphore::new(max)));
+            }
+            entry.1.clone()
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        let service = &route.service;
+        if !concurrency.queue {
+            let mut refused = GatewayError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("`{service}` has its {max} request(s) in flight (`max_concurrent`, `queue = false`)"),
+            );
+            refused.retry_after = Some(1);
+            return Err(refused);
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.settings.max_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let mut full = GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!(
+                    "{} request(s) wait already (`[gateway] max_queue`)",
+                    self.settings.max_queue
+                ),
+            );
+            full.retry_after = Some(1);
+            return Err(full);
+        }
+        // Out of the line however the wait ends (a client gone included).
+        struct Unqueue(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Unqueue {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _in_line = Unqueue(self.queued.clone());
+        Ok(slots.acquire_owned().await.ok())
     }
 
     /// A request may go to `service` now: at once for a service without GPUs;
@@ -424,6 +490,7 @@ impl Gateway {
         InFlight {
             gateway: self.clone(),
             service: service.to_string(),
+            _slot: None,
         }
     }
 
@@ -504,6 +571,16 @@ impl Drop for Place {
 pub struct InFlight {
     gateway: Arc<Gateway>,
     service: String,
+    /// Its `max_concurrent` slot, given back with it.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// The same request, holding `slot` until it ends.
+    pub fn holding(mut self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self._slot = slot;
+        self
+    }
 }
 
 impl Drop for InFlight {

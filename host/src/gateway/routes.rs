@@ -71,7 +71,8 @@ async fn by_model(
             None => json_model(&bytes),
         }?;
         let route = gateway.route(&model)?;
-        let in_flight = gateway.admit(&route.service).await?;
+        let slot = gateway.slot(&route).await?;
+        let in_flight = gateway.admit(&route.service).await?.holding(slot);
         let status = gateway.ready(&route).await?;
         let bytes = match backend_name(&model, &status) {
             None => bytes,
@@ -138,7 +139,8 @@ async fn by_name(
         if let Some(query) = uri.query() {
             target = format!("{target}?{query}");
         }
-        let in_flight = gateway.admit(&name).await?;
+        let slot = gateway.slot(&route).await?;
+        let in_flight = gateway.admit(&name).await?.holding(slot);
         let status = gateway.ready(&route).await?;
         let length = headers
             .get(header::CONTENT_LENGTH)

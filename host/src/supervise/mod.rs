@@ -29,7 +29,9 @@ pub use events::EventLog;
 pub use logs::{LogBook, LogLine, LogWriter};
 pub use order::dependency_order;
 pub use probe::{get as probe_get, ProbeResponse};
-pub use spec::{Command, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec};
+pub use spec::{
+    Command, Concurrency, Condition, ProbeOverrides, RestartMode, RestartPolicy, ServiceSpec,
+};
 pub use state::{unix_ms, ModelInfo, ServiceStatus, State, StateChange};
 // `Routable` is defined below: what the gateway routes by.
 pub use world::{Backend, Session, World};
@@ -111,6 +113,7 @@ struct RouteSpec {
     names: Vec<String>,
     idle_timeout: Option<std::time::Duration>,
     startup_timeout: std::time::Duration,
+    concurrency: Concurrency,
 }
 
 /// One service as the gateway sees it.
@@ -127,6 +130,8 @@ pub struct Routable {
     pub idle_timeout: Option<std::time::Duration>,
     /// How long a start may take to show progress.
     pub startup_timeout: std::time::Duration,
+    /// Requests let in at once.
+    pub concurrency: Concurrency,
     pub status: ServiceStatus,
 }
 
@@ -218,7 +223,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -230,7 +235,8 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.gpu,
         spec.resources,
         spec.models,
-        spec.idle_stop
+        spec.idle_stop,
+        spec.concurrency
     )
 }
 
@@ -414,6 +420,7 @@ impl Supervisor {
                 names: spec.routed_names(),
                 idle_timeout: spec.idle_stop,
                 startup_timeout: spec.startup_timeout,
+                concurrency: spec.concurrency,
             };
             let runner = Runner::new(
                 spec,
@@ -657,6 +664,7 @@ impl Supervisor {
                     names: route.names.clone(),
                     idle_timeout: route.idle_timeout,
                     startup_timeout: route.startup_timeout,
+                    concurrency: route.concurrency,
                     status: handle.status.borrow().clone(),
                 };
                 (name.clone(), routable)

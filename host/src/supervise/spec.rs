@@ -98,6 +98,27 @@ pub struct ServiceSpec {
     pub resources: ResourceLimits,
     /// The names the gateway routes here (`models`; else `service.model`).
     pub models: Vec<String>,
+    /// How many requests the gateway lets in at once.
+    pub concurrency: Concurrency,
+}
+
+/// `max_concurrent` and `queue`: requests in flight at once, and what happens
+/// to one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// `None`: unlimited.
+    pub max: Option<usize>,
+    /// Beyond `max`: wait for a slot (`true`), or 429 at once.
+    pub queue: bool,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self {
+            max: None,
+            queue: true,
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -129,6 +150,7 @@ impl ServiceSpec {
             idle_stop: None,
             resources: ResourceLimits::default(),
             models: Vec::new(),
+            concurrency: Concurrency::default(),
         }
     }
 }
