@@ -390,3 +390,100 @@ fn concurrency_limits_refuse_or_queue_before_any_byte_is_sent() {
     assert_eq!(out["lined"], serde_json::json!([503, "1", "queue_full"]));
     assert_eq!(out["patient"], "mock-patient");
 }
+
+const LOADING: &str = r#"
+import json, sys
+import httpx, openai
+
+base = sys.argv[1]
+body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+lines = []
+with httpx.stream("POST", base + "/chat/completions", json=body, headers={"Authorization": "Bearer x"}, timeout=60) as response:
+    status = response.status_code
+    for line in response.iter_lines():
+        if line:
+            lines.append(line)
+failed = []
+with httpx.stream("POST", base + "/chat/completions", json=dict(body, model="broken"), headers={"Authorization": "Bearer x"}, timeout=60) as response:
+    for line in response.iter_lines():
+        if line:
+            failed.append(line)
+print(json.dumps({"status": status, "lines": lines, "failed": failed}))
+"#;
+
+/// A streaming request for a model that is loading hears `: nanny: loading …`
+/// comments until the backend answers; a start that fails ends the stream with
+/// one OpenAI-shaped error event.
+#[test]
+fn a_stream_waiting_for_its_model_hears_it_load_and_a_failed_start_is_an_error_event() {
+    let python = python_with(OPENAI);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+{}
+
+[services.slow]
+backend = "mock"
+autostart = false
+models = ["slow"]
+settings = {{ models = ["mock-slow"], startup_delay_ms = 2500 }}
+
+[services.broken]
+backend = "command"
+autostart = false
+models = ["broken"]
+restart = "never"
+settings = {{ command = ["sh", "-c", "echo cannot load the weights; exit 1"], health_path = "/health" }}
+"#,
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let output = Command::new(&python)
+        .args(["-c", LOADING, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["status"], 200);
+    let lines: Vec<&str> = out["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line.as_str().unwrap())
+        .collect();
+    let first_data = lines
+        .iter()
+        .position(|line| line.starts_with("data:"))
+        .unwrap();
+    assert!(first_data > 0, "{lines:?}");
+    assert!(
+        lines[..first_data]
+            .iter()
+            .all(|line| line.starts_with(": nanny: loading slow")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(r#""model":"mock-slow""#)),
+        "then the backend's own events: {lines:?}"
+    );
+    assert_eq!(lines.last(), Some(&"data: [DONE]"));
+    let failed = out["failed"].as_array().unwrap();
+    let error = failed
+        .iter()
+        .filter_map(|line| line.as_str()?.strip_prefix("data: "))
+        .find_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .expect("an error event");
+    assert_eq!(error["error"]["code"], "service_unavailable");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`broken` could not start"), "{message}");
+}

@@ -42,16 +42,23 @@ impl GatewayError {
     }
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let body = json!({
+impl GatewayError {
+    /// The JSON body OpenAI clients read.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "error": {
                 "message": self.message,
                 "type": self.kind(),
                 "code": self.code,
                 "param": null,
             }
-        });
+        })
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response

@@ -73,26 +73,151 @@ async fn by_model(
         let route = gateway.route(&model)?;
         let slot = gateway.slot(&route).await?;
         let in_flight = gateway.admit(&route.service).await?.holding(slot);
-        let status = gateway.ready(&route).await?;
-        let bytes = match backend_name(&model, &status) {
-            None => bytes,
-            Some(name) => match &form {
-                Some(form) => form.with_model(&bytes, name),
-                None => json_with_model(&bytes, name)?,
+        let request = Request {
+            gateway: gateway.clone(),
+            route,
+            model,
+            form,
+            bytes,
+            method,
+            target,
+            headers,
+        };
+        let loading = request.route.routable.status.state != crate::supervise::State::Ready
+            && request.form.is_none()
+            && wants_stream(&request.bytes);
+        if loading {
+            // Streaming clients hear from nanny while the model loads.
+            return Ok(streamed_while_loading(request, in_flight));
+        }
+        request.send(in_flight).await
+    };
+    served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A routed request, ready to go once its service is.
+struct Request {
+    gateway: Arc<Gateway>,
+    route: Route,
+    model: String,
+    form: Option<Form>,
+    bytes: Bytes,
+    method: Method,
+    target: String,
+    headers: HeaderMap,
+}
+
+impl Request {
+    /// Waits for the service, rewrites `model` to the backend's name where they
+    /// differ, and forwards.
+    async fn send(self, in_flight: super::InFlight) -> Result<Response, GatewayError> {
+        let status = self.gateway.ready(&self.route).await?;
+        let bytes = match backend_name(&self.model, &status) {
+            None => self.bytes,
+            Some(name) => match &self.form {
+                Some(form) => form.with_model(&self.bytes, name),
+                None => json_with_model(&self.bytes, name)?,
             },
         };
         let upstream = Upstream {
-            host: &route.routable.host,
+            host: &self.route.routable.host,
             port: status.port,
-            method,
-            target: &target,
-            headers: &headers,
+            method: self.method,
+            target: &self.target,
+            headers: &self.headers,
             length: Some(bytes.len()),
             body: Body::from(bytes),
         };
-        forward(&gateway.client, upstream, in_flight).await
-    };
-    served.await.unwrap_or_else(IntoResponse::into_response)
+        forward(&self.gateway.client, upstream, in_flight).await
+    }
+}
+
+/// How often a streaming client waiting for a model hears that it loads.
+const LOADING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A `"stream": true` request for a service that is not ready: answered at
+/// once as an event stream carrying SSE comments (`: nanny: loading qwen 40%`,
+/// which clients ignore and proxies take as life) until the backend answers,
+/// then the backend's own events; a start that fails ends it with one
+/// OpenAI-shaped `error` event.
+fn streamed_while_loading(request: Request, in_flight: super::InFlight) -> Response {
+    use futures_util::StreamExt;
+    let (events, stream) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let service = request.route.service.clone();
+    let status = request.gateway.supervisor.watch(&service).ok();
+    tokio::spawn(async move {
+        let answer = request.send(in_flight);
+        tokio::pin!(answer);
+        let mut ticker = tokio::time::interval(LOADING_EVERY);
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                _ = ticker.tick() => {
+                    let percent = status.as_ref().and_then(|status| match status.borrow().state {
+                        crate::supervise::State::Starting { loading_percent } => loading_percent,
+                        _ => None,
+                    });
+                    let line = match percent {
+                        Some(percent) => format!(": nanny: loading {service} {percent}%\n\n"),
+                        None => format!(": nanny: loading {service}\n\n"),
+                    };
+                    if events.send(Bytes::from(line)).await.is_err() {
+                        // The client went away: dropping `answer` cancels the rest.
+                        return;
+                    }
+                }
+            }
+        };
+        match answer {
+            Ok(response) if response.status().is_success() => {
+                let mut body = response.into_body().into_data_stream();
+                while let Some(Ok(chunk)) = body.next().await {
+                    if events.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(response) => {
+                // Too late for a status: the backend's refusal becomes an event.
+                let code = response.status().as_u16();
+                let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                    .await
+                    .unwrap_or_default();
+                let error = GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "backend_error",
+                    format!(
+                        "the backend answered {code}: {}",
+                        String::from_utf8_lossy(&text)
+                    ),
+                );
+                let _ = events.send(error_event(&error)).await;
+            }
+            Err(error) => {
+                let _ = events.send(error_event(&error)).await;
+            }
+        }
+    });
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(stream).map(Ok::<_, std::convert::Infallible>),
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One OpenAI-shaped `error` event.
+fn error_event(error: &GatewayError) -> Bytes {
+    Bytes::from(format!("data: {}\n\n", error.body()))
+}
+
+/// Whether a JSON body asks for a stream.
+fn wants_stream(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|value| value.get("stream") == Some(&serde_json::Value::Bool(true)))
 }
 
 /// `/v1/services/{name}/proxy/{rest}`: the service by name, started when it is
