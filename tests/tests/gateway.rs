@@ -487,3 +487,65 @@ settings = {{ command = ["sh", "-c", "echo cannot load the weights; exit 1"], he
     let message = error["error"]["message"].as_str().unwrap();
     assert!(message.contains("`broken` could not start"), "{message}");
 }
+
+/// `nanny infer`: starts the model's service (saying so), streams the answer,
+/// ends with its figures; `--json` gives the whole answer; `-` reads stdin.
+#[test]
+fn nanny_infer_starts_the_model_and_streams_the_answer() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\n{}\n\n[services.chat]\nbackend = \"mock\"\nautostart = false\nmodels = [\"my-chat\"]\nsettings = {{ models = [\"mock-chat\"], startup_delay_ms = 1500 }}\n",
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let infer = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(nanny_tests::nanny_bin())
+            .arg("infer")
+            .args(args)
+            .env("NANNY_URL", &daemon.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .unwrap();
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = infer(&["my-chat", "hello"], None);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "This is a mock reply from mock-chat, served by nanny mock-backend."
+    );
+    assert!(stderr.contains("starting chat…"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains(" tokens in ") && line.contains("first after")),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = infer(&["my-chat", "-", "--json"], Some("from stdin"));
+    assert!(ok, "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["model"], "mock-chat");
+    let (ok, _, stderr) = infer(&["no-such-model", "hello"], None);
+    assert!(!ok);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}

@@ -80,6 +80,42 @@ impl Client {
         read_json(response)
     }
 
+    /// POSTs `body` as JSON; the JSON answer.
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let response = self
+            .authorize(self.agent.post(format!("{}{path}", self.url)))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|error| self.unreachable(error))?;
+        read_json(response)
+    }
+
+    /// POSTs `body` as JSON and hands `each` every line of the event stream that
+    /// answers (comments included) until it ends or `each` says stop.
+    pub fn post_streaming(
+        &self,
+        path: &str,
+        body: &Value,
+        mut each: impl FnMut(&str) -> Result<bool, ClientError>,
+    ) -> Result<(), ClientError> {
+        let response = self
+            .authorize(self.agent.post(format!("{}{path}", self.url)))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|error| self.unreachable(error))?;
+        if !response.status().is_success() {
+            return Err(refusal(response));
+        }
+        let reader = BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|error| ClientError::Garbled(error.to_string()))?;
+            if !each(&line)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `each` with every event's data until the stream ends or `each` says stop.
     pub fn stream(
         &self,

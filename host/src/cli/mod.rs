@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod infer;
 mod plugins;
 mod remote;
 mod run;
@@ -61,6 +62,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Ask a model something through the gateway, streaming the answer (its
+    /// service is started first if it is not running).
+    Infer(infer::InferArgs),
     /// Stop services and wait until their processes are gone.
     Stop(Action),
     /// Restart services and wait until they are ready again.
@@ -181,6 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Ps { json } => remote(remote::ps(&client, json)),
+        Command::Infer(args) => remote(infer::infer(&client, &args)),
         Command::Reload { json } => remote(remote::reload(&client, json)),
         Command::Start { action, force } => {
             let verb = if force {
