@@ -54,6 +54,7 @@ fn main() {
             access: Access {
                 token: None,
                 listen: address,
+                api_keys: Default::default(),
             },
             closing: closed,
             ready_calls: api::RateLimit::default(),

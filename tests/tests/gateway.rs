@@ -549,3 +549,111 @@ fn nanny_infer_starts_the_model_and_streams_the_answer() {
     assert!(!ok);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+/// A tiny OpenAI-shaped backend that answers with the `Authorization` it saw.
+const ECHO_BACKEND: &str = r#"
+import http.server, json, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def answer(self, reply):
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.answer({"status": "ok"})
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        seen = self.headers.get("Authorization", "none")
+        self.answer({"id": "echo", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": seen}}]})
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"#;
+
+const KEYS: &str = r#"
+import json, sys
+import openai
+
+base = sys.argv[1]
+messages = [{"role": "user", "content": "hi"}]
+out = {}
+team = openai.OpenAI(base_url=base, api_key="sk-team", max_retries=0)
+out["seen"] = team.chat.completions.create(model="echo", messages=messages).choices[0].message.content
+hashed = openai.OpenAI(base_url=base, api_key="sk-hashed", max_retries=0)
+out["hashed"] = hashed.chat.completions.create(model="echo", messages=messages).model
+try:
+    openai.OpenAI(base_url=base, api_key="sk-wrong", max_retries=0).chat.completions.create(model="echo", messages=messages)
+    out["wrong"] = "answered"
+except openai.PermissionDeniedError as error:
+    out["wrong"] = error.status_code
+print(json.dumps(out))
+"#;
+
+/// `[gateway] api_keys` open the gateway's routes (plain or as a SHA-256
+/// digest); a service's `api_key` goes to its backend, never the client's key.
+#[test]
+fn api_keys_open_the_gateway_and_a_backend_gets_its_own_key() {
+    use sha2::{Digest, Sha256};
+    let python = python_with(OPENAI);
+    let dir = tempfile::tempdir().unwrap();
+    let hashed: String = Sha256::digest(b"sk-hashed")
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("keys"),
+        format!("# the team's keys\nsha256:{hashed}\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+{}
+
+[gateway]
+api_keys = ["sk-team"]
+api_keys_file = "keys"
+
+[services.echo]
+backend = "command"
+models = ["echo"]
+api_key = "sk-backend"
+settings = {{ command = ["python3", "-c", {:?}, "{{port}}"], health_path = "/health" }}
+"#,
+            port_range_line(),
+            ECHO_BACKEND
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("[echo] ready"));
+    let output = Command::new(&python)
+        .args(["-c", KEYS, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        out["seen"], "Bearer sk-backend",
+        "the backend saw its own key only"
+    );
+    assert_eq!(out["hashed"], "echo");
+    assert_eq!(out["wrong"], 403);
+    // Without a key: 401 on the gateway; control routes stay as they were (open on loopback).
+    let mut response = agent()
+        .post(&format!("{}/v1/chat/completions", daemon.url))
+        .header("Content-Type", "application/json")
+        .send(r#"{"model": "echo"}"#)
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let _ = response.body_mut().read_to_string();
+    let (status, _) = nanny_tests::call("GET", &format!("{}/v1/services", daemon.url), None);
+    assert_eq!(status, 200);
+}

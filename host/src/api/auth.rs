@@ -18,6 +18,61 @@ use super::ApiState;
 pub struct Access {
     pub token: Option<String>,
     pub listen: SocketAddr,
+    /// Keys that open the gateway's routes (and only those).
+    pub api_keys: ApiKeys,
+}
+
+/// `[gateway] api_keys` and `api_keys_file`, kept as SHA-256 digests: a key
+/// written `sha256:<hex>` is never in memory in the clear.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys(Vec<[u8; 32]>);
+
+impl ApiKeys {
+    /// From keys as written: `sha256:<64 hex digits>`, or the key itself.
+    pub fn new(written: &[String]) -> Result<Self, String> {
+        use sha2::{Digest, Sha256};
+        let mut digests = Vec::new();
+        for key in written {
+            let key = key.trim();
+            let digest = match key.strip_prefix("sha256:") {
+                Some(hex) => parse_digest(hex)
+                    .ok_or_else(|| format!("`sha256:{hex}` is not 64 hex digits"))?,
+                None => Sha256::digest(key.as_bytes()).into(),
+            };
+            digests.push(digest);
+        }
+        Ok(Self(digests))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `given` is one of the keys (compared as digests, in constant time).
+    pub fn admits(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        // Every key is compared, so the time says nothing about which matched.
+        self.0.iter().fold(false, |found, key| {
+            let same = key
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0;
+            found | same
+        })
+    }
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 impl Access {
@@ -177,16 +232,34 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
     let ready_callback = path.starts_with("/v1/services/") && path.ends_with("/ready");
     // /health is open; a ready callback carries its own per-launch token.
     let open = path == "/health" || ready_callback;
-    if let (Some(token), false) = (&access.token, open) {
+    // The gateway's routes also take the gateway's API keys.
+    let gateway = crate::gateway::routes::is_gateway_path(path);
+    let keys = gateway && !access.api_keys.is_empty();
+    if (access.token.is_some() || keys) && !open {
+        let token_fits = |given: &str| {
+            access
+                .token
+                .as_ref()
+                .is_some_and(|token| crate::secrets::same(given, token))
+        };
         match bearer(request.headers()) {
             None => {
-                let message = "this daemon needs its token: `Authorization: Bearer …` (the CLI reads NANNY_TOKEN)";
+                let message = if gateway {
+                    "this gateway needs an API key: `Authorization: Bearer …`"
+                } else {
+                    "this daemon needs its token: `Authorization: Bearer …` (the CLI reads NANNY_TOKEN)"
+                };
                 return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
             }
-            Some(given) if !crate::secrets::same(given, token) => {
-                return ApiError::new(StatusCode::FORBIDDEN, "wrong token").into_response();
+            Some(given) if token_fits(given) || (keys && access.api_keys.admits(given)) => {}
+            Some(_) => {
+                let message = if gateway {
+                    "wrong API key"
+                } else {
+                    "wrong token"
+                };
+                return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
             }
-            Some(_) => {}
         }
     }
     // After the token: a caller without credentials learns that first. The
@@ -195,6 +268,33 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
         return ApiError::new(status, message).into_response();
     }
     next.run(request).await
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::ApiKeys;
+
+    #[test]
+    fn keys_match_written_plainly_or_as_their_digest() {
+        let keys = ApiKeys::new(&["sk-plain".to_string()]).unwrap();
+        assert!(keys.admits("sk-plain"));
+        assert!(!keys.admits("sk-plai"));
+        assert!(ApiKeys::new(&["sha256:zz".to_string()]).is_err());
+        let hashed = ApiKeys::new(&[format!("sha256:{}", sha2_hex("sk-team"))]).unwrap();
+        assert!(hashed.admits("sk-team"));
+        assert!(
+            !hashed.admits(&format!("sha256:{}", sha2_hex("sk-team"))),
+            "the digest is no key"
+        );
+    }
+
+    fn sha2_hex(text: &str) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

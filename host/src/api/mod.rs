@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-pub use auth::{Access, CLIENT_HEADER};
+pub use auth::{Access, ApiKeys, CLIENT_HEADER};
 pub use error::{ApiError, ErrorBody};
 pub use openapi::ApiDoc;
 pub use serve::{serve, ConnectionLimits};

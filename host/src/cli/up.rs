@@ -81,9 +81,17 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             }
         };
         let bound = listener.local_addr()?;
+        let api_keys = match api::ApiKeys::new(&config.gateway.api_keys) {
+            Ok(keys) => keys,
+            Err(message) => {
+                eprintln!("nanny: gateway.api_keys: {message}");
+                return Ok(ExitCode::from(2));
+            }
+        };
         let access = Access {
             token,
             listen: bound,
+            api_keys,
         };
         if let Err(message) = access.check() {
             eprintln!("nanny: {message}");

@@ -43,6 +43,11 @@ pub struct RawGateway {
     /// Requests waiting for a `max_concurrent` slot, all services together;
     /// beyond it, 503 with `Retry-After`.
     pub max_queue: Option<usize>,
+    /// Keys that open the gateway's routes: `sk-…`, or `sha256:<hex>` of one.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// More keys, one a line (relative to the config file).
+    pub api_keys_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +99,9 @@ pub struct RawService {
     pub max_concurrent: Option<usize>,
     /// Whether requests beyond `max_concurrent` wait (the default) or are refused.
     pub queue: Option<bool>,
+    /// The key the backend itself wants: the gateway sends it upstream as
+    /// `Authorization: Bearer …`; clients never see it.
+    pub api_key: Option<String>,
     #[serde(default = "loopback")]
     pub host: String,
     pub port: Option<u16>,

@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     pub max_wait: std::time::Duration,
     /// Requests waiting for a `max_concurrent` slot, all services together.
     pub max_queue: usize,
+    /// `api_keys` and the lines of `api_keys_file`, as written.
+    #[serde(skip)]
+    pub api_keys: Vec<String>,
 }
 
 /// The gateway's body cap unless `[gateway] max_body` says: enough for base64 images.
@@ -68,6 +71,7 @@ impl Default for GatewayConfig {
             drain_timeout: std::time::Duration::from_secs(30),
             max_wait: std::time::Duration::from_secs(30),
             max_queue: 512,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -188,6 +192,7 @@ impl Config {
             drain_timeout: raw.gateway.drain_timeout.unwrap_or(defaults.drain_timeout),
             max_wait: raw.gateway.max_wait.unwrap_or(defaults.max_wait),
             max_queue: raw.gateway.max_queue.unwrap_or(defaults.max_queue),
+            api_keys: api_keys(&source, path, &raw.gateway, &mut errors),
             max_body: match &raw.gateway.max_body {
                 None => DEFAULT_MAX_BODY,
                 Some(size) => match file::vram_mib(size.get_ref()) {
@@ -304,6 +309,7 @@ impl Config {
                     .iter()
                     .map(|name| name.get_ref().clone())
                     .collect(),
+                api_key: raw.api_key.clone(),
                 concurrency: crate::supervise::Concurrency {
                     max: raw.max_concurrent.filter(|max| *max > 0),
                     queue: raw.queue.unwrap_or(true),
@@ -519,6 +525,49 @@ fn declare_manifest(
         raw,
     };
     Ok((file, declared))
+}
+
+/// `[gateway] api_keys` and the lines of `api_keys_file` (blank lines and `#`
+/// comments skipped); a `sha256:` entry must be a whole digest.
+fn api_keys(
+    source: &Source<'_>,
+    config: &Path,
+    gateway: &file::RawGateway,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let mut keys = gateway.api_keys.clone();
+    if let Some(file) = &gateway.api_keys_file {
+        let path = config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(file.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_string),
+            ),
+            Err(error) => errors.push(source.error(
+                file.span().start,
+                "gateway.api_keys_file",
+                format!("cannot read {}: {error}", path.display()),
+            )),
+        }
+    }
+    for key in &keys {
+        if let Some(hex) = key.strip_prefix("sha256:") {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let offset = keys::offset_of(source.text, &["gateway", "api_keys"]).unwrap_or(0);
+                errors.push(source.error(
+                    offset,
+                    "gateway.api_keys",
+                    "a `sha256:` key is the 64 hex digits of a key's SHA-256",
+                ));
+            }
+        }
+    }
+    keys
 }
 
 /// `resources.cpu_limit` and `resources.memory_limit`.

@@ -51,6 +51,8 @@ pub struct Upstream<'a> {
     pub body: Body,
     /// Set when the body was rewritten (or read whole): its exact length.
     pub length: Option<usize>,
+    /// The backend's own key, sent as its bearer token.
+    pub api_key: Option<&'a str>,
 }
 
 /// Sends `upstream` and streams the answer back; the request counts as in
@@ -80,6 +82,9 @@ pub async fn forward(
     }
     if let Some(length) = upstream.length {
         request = request.header(header::CONTENT_LENGTH, length);
+    }
+    if let Some(key) = upstream.api_key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let request = request
         .body(upstream.body)

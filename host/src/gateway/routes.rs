@@ -40,6 +40,16 @@ const FORM_ROUTES: [&str; 3] = [
     "/v1/images/edits",
 ];
 
+/// Whether `path` is one of the gateway's routes (which API keys open).
+pub fn is_gateway_path(path: &str) -> bool {
+    if JSON_ROUTES.contains(&path) || FORM_ROUTES.contains(&path) {
+        return true;
+    }
+    path.strip_prefix("/v1/services/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, rest)| rest == "proxy" || rest.starts_with("proxy/"))
+}
+
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let mut router = Router::new();
     for path in JSON_ROUTES.into_iter().chain(FORM_ROUTES) {
@@ -127,6 +137,7 @@ impl Request {
             headers: &self.headers,
             length: Some(bytes.len()),
             body: Body::from(bytes),
+            api_key: self.route.routable.api_key.as_deref(),
         };
         forward(&self.gateway.client, upstream, in_flight).await
     }
@@ -278,6 +289,7 @@ async fn by_name(
             headers: &headers,
             body,
             length,
+            api_key: route.routable.api_key.as_deref(),
         };
         forward(&gateway.client, upstream, in_flight).await
     };

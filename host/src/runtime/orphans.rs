@@ -325,19 +325,29 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        // The orphan may take a moment to exec; its environment is set at fork.
+        // Settled once `sleep` runs: before that the shells on the way fork and
+        // exec, and a process in the middle of exec shows no environment.
+        let is_sleep = |pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "sleep")
+        };
         let orphan = loop {
-            if let Some(pid) = pids_of_launch(&launch).first() {
-                break *pid;
+            if let Some(pid) = pids_of_launch(&launch).into_iter().find(is_sleep) {
+                break pid;
             }
             tokio::task::yield_now().await;
         };
         records.record(&launch, orphan).unwrap();
+        // The shell that waits for `sleep`, and `sleep`.
+        let settled = pids_of_launch(&launch).len();
         let sweep = records.sweep().await;
-        assert_eq!(sweep.removed, 1, "{sweep:?}");
+        assert_eq!(sweep.removed, settled, "{sweep:?}");
         assert!(sweep.refused.is_empty(), "{sweep:?}");
         assert!(pids_of_launch(&launch).is_empty());
         assert!(!records.dir().join(&launch).exists());
-        assert!(sweep.report().unwrap().contains("removed 1 process"));
+        assert!(sweep
+            .report()
+            .unwrap()
+            .contains(&format!("removed {settled} process(es)")));
     }
 }

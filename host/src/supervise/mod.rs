@@ -114,6 +114,7 @@ struct RouteSpec {
     idle_timeout: Option<std::time::Duration>,
     startup_timeout: std::time::Duration,
     concurrency: Concurrency,
+    api_key: Option<String>,
 }
 
 /// One service as the gateway sees it.
@@ -132,6 +133,8 @@ pub struct Routable {
     pub startup_timeout: std::time::Duration,
     /// Requests let in at once.
     pub concurrency: Concurrency,
+    /// What the backend wants as its bearer token.
+    pub api_key: Option<String>,
     pub status: ServiceStatus,
 }
 
@@ -223,7 +226,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -236,7 +239,8 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.resources,
         spec.models,
         spec.idle_stop,
-        spec.concurrency
+        spec.concurrency,
+        spec.api_key
     )
 }
 
@@ -421,6 +425,7 @@ impl Supervisor {
                 idle_timeout: spec.idle_stop,
                 startup_timeout: spec.startup_timeout,
                 concurrency: spec.concurrency,
+                api_key: spec.api_key.clone(),
             };
             let runner = Runner::new(
                 spec,
@@ -665,6 +670,7 @@ impl Supervisor {
                     idle_timeout: route.idle_timeout,
                     startup_timeout: route.startup_timeout,
                     concurrency: route.concurrency,
+                    api_key: route.api_key.clone(),
                     status: handle.status.borrow().clone(),
                 };
                 (name.clone(), routable)

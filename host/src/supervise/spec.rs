@@ -100,6 +100,8 @@ pub struct ServiceSpec {
     pub models: Vec<String>,
     /// How many requests the gateway lets in at once.
     pub concurrency: Concurrency,
+    /// What the gateway sends the backend as `Authorization: Bearer …`.
+    pub api_key: Option<String>,
 }
 
 /// `max_concurrent` and `queue`: requests in flight at once, and what happens
@@ -151,6 +153,7 @@ impl ServiceSpec {
             resources: ResourceLimits::default(),
             models: Vec::new(),
             concurrency: Concurrency::default(),
+            api_key: None,
         }
     }
 }
