@@ -28,13 +28,42 @@ struct StateLabel {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    service: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    service: String,
+    model: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabel {
+    service: String,
+    model: String,
+    /// `in` (prompt) or `out` (completion).
+    direction: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// The daemon's histograms.
+/// The daemon's histograms and counters.
 struct Timings {
     time_to_ready: Histograms<ServiceLabel>,
     probe_latency: Histograms<ServiceLabel>,
     plugin_call: Histograms<PluginLabel>,
+    /// Gateway requests by answer.
+    requests: Family<AnswerLabel, Counter>,
+    first_byte: Histograms<RouteLabel>,
+    request_duration: Histograms<RouteLabel>,
+    tokens: Family<TokenLabel, Counter>,
+    /// Switches of the GPUs to a service, and how long each took.
+    swaps: Family<ServiceLabel, Counter>,
+    swap_duration: Histograms<ServiceLabel>,
 }
 
 impl Default for Timings {
@@ -43,8 +72,27 @@ impl Default for Timings {
             time_to_ready: Family::new_with_constructor(seconds_from_100ms),
             probe_latency: Family::new_with_constructor(seconds_from_100us),
             plugin_call: Family::new_with_constructor(seconds_from_100us),
+            requests: Family::default(),
+            first_byte: Family::new_with_constructor(seconds_from_100us),
+            request_duration: Family::new_with_constructor(seconds_from_100us),
+            tokens: Family::default(),
+            swaps: Family::default(),
+            swap_duration: Family::new_with_constructor(seconds_from_100ms),
         }
     }
+}
+
+/// One gateway request, as it ended.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFigures {
+    pub service: String,
+    pub model: String,
+    /// The answer's status code (`499`: the client went away first).
+    pub code: u16,
+    pub first_byte: Option<Duration>,
+    pub duration: Duration,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
 }
 
 fn seconds_from_100us() -> Histogram {
@@ -63,6 +111,10 @@ fn seconds_from_100ms() -> Histogram {
 pub struct Snapshot {
     /// Every state name with how many services are in it (zeros included).
     pub services_by_state: Vec<(&'static str, usize)>,
+    /// Gateway requests in flight, by service.
+    pub in_flight: Vec<(String, usize)>,
+    /// Gateway requests waiting for a slot.
+    pub queued: usize,
     /// (service, lifetime restarts).
     pub restarts: Vec<(String, u32)>,
     pub gpus: Vec<GpuFigures>,
@@ -124,6 +176,51 @@ impl Metrics {
         );
     }
 
+    /// One gateway request, once its answer ended.
+    pub fn observe_request(&self, figures: &RequestFigures) {
+        let route = RouteLabel {
+            service: figures.service.clone(),
+            model: figures.model.clone(),
+        };
+        self.timings
+            .requests
+            .get_or_create(&AnswerLabel {
+                service: route.service.clone(),
+                model: route.model.clone(),
+                code: figures.code.to_string(),
+            })
+            .inc();
+        if let Some(first_byte) = figures.first_byte {
+            observe(&self.timings.first_byte, route.clone(), first_byte);
+        }
+        observe(
+            &self.timings.request_duration,
+            route.clone(),
+            figures.duration,
+        );
+        for (direction, count) in [("in", figures.tokens_in), ("out", figures.tokens_out)] {
+            if let Some(count) = count {
+                self.timings
+                    .tokens
+                    .get_or_create(&TokenLabel {
+                        service: route.service.clone(),
+                        model: route.model.clone(),
+                        direction: direction.into(),
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// A switch of the GPUs to `service`, and how long it took.
+    pub fn observe_swap(&self, service: &str, took: Duration) {
+        let label = ServiceLabel {
+            service: service.into(),
+        };
+        self.timings.swaps.get_or_create(&label).inc();
+        observe(&self.timings.swap_duration, label, took);
+    }
+
     /// Every metric in Prometheus' text format.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("nanny");
@@ -165,11 +262,67 @@ impl Metrics {
                 .inc_by(u64::from(*count));
         }
         registry.register("service_restarts", "Restarts of each service", restarts);
+        self.register_gateway(&mut registry, snapshot);
         register_gpus(&mut registry, &snapshot.gpus);
         let mut text = String::new();
         let _ = encode_without_eof(&mut text, &registry);
         let _ = encode(&mut text, &process_registry());
         text
+    }
+}
+
+impl Metrics {
+    fn register_gateway(&self, registry: &mut Registry, snapshot: &Snapshot) {
+        let timings = &self.timings;
+        registry.register(
+            "gateway_requests",
+            "Gateway requests by service, model and answer",
+            timings.requests.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_first_byte",
+            "From a gateway request to its answer's first byte",
+            Unit::Seconds,
+            timings.first_byte.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_request_duration",
+            "From a gateway request to its answer's end",
+            Unit::Seconds,
+            timings.request_duration.clone(),
+        );
+        registry.register(
+            "gateway_tokens",
+            "Tokens in and out, from the answers' usage",
+            timings.tokens.clone(),
+        );
+        registry.register(
+            "gateway_swaps",
+            "Switches of shared GPUs to a service",
+            timings.swaps.clone(),
+        );
+        registry.register_with_unit(
+            "gateway_swap_duration",
+            "How long a switch took, eviction and start",
+            Unit::Seconds,
+            timings.swap_duration.clone(),
+        );
+        let in_flight = Family::<ServiceLabel, Gauge>::default();
+        for (service, count) in &snapshot.in_flight {
+            in_flight
+                .get_or_create(&ServiceLabel {
+                    service: service.clone(),
+                })
+                .set(*count as i64);
+        }
+        registry.register("gateway_in_flight", "Gateway requests in flight", in_flight);
+        let queued = Gauge::<i64>::default();
+        queued.set(snapshot.queued as i64);
+        registry.register(
+            "gateway_queued",
+            "Gateway requests waiting for a slot",
+            queued,
+        );
     }
 }
 

@@ -89,6 +89,24 @@ settings = {{ models = ["mock-embed"] }}
     let message = out["unknown"][1].as_str().unwrap();
     assert!(message.contains("did you mean `my-chat`?"), "{message}");
 
+    // What went through, in /metrics: by service, model and answer, tokens from `usage`.
+    let (_, metrics) = nanny_tests::call("GET", &format!("{}/metrics", daemon.url), None);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for line in [
+        r#"nanny_gateway_requests_total{service="chat",model="my-chat",code="200"} 3"#,
+        r#"nanny_gateway_requests_total{service="embed",model="mock-embed",code="200"} 1"#,
+        r#"nanny_gateway_first_byte_seconds_count{service="chat",model="my-chat"} 3"#,
+        r#"nanny_gateway_tokens_total{service="embed",model="mock-embed",direction="in"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(
+            r#"nanny_gateway_tokens_total{service="chat",model="my-chat",direction="out"}"#
+        ),
+        "{metrics}"
+    );
+
     // Started by the first request, stopped once idle for its 2 s.
     daemon.expect(|line| line.starts_with("[chat] ready"));
     daemon.expect(|line| line.starts_with("[chat] stopped"));

@@ -116,7 +116,10 @@ async fn gpu_snapshot(api: &ApiState) -> GpuSnapshot {
 pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
     let gpus = gpu_snapshot(&api).await;
     let statuses = api.supervisor.statuses();
+    let (in_flight, queued) = api.gateway.load();
     let snapshot = crate::metrics::Snapshot {
+        in_flight,
+        queued,
         services_by_state: ServiceState::NAMES
             .iter()
             .map(|name| {

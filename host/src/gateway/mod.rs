@@ -309,6 +309,21 @@ impl Gateway {
         self.settings.max_body
     }
 
+    /// Where one forwarded request's figures go.
+    fn recorder(&self, service: &str, model: &str) -> proxy::Recorder {
+        proxy::Recorder::new(self.supervisor.metrics().clone(), service, model)
+    }
+
+    /// Requests in flight by service, and how many wait for a slot: for `/metrics`.
+    pub fn load(&self) -> (Vec<(String, usize)>, usize) {
+        let in_flight = lock(&self.traffic)
+            .iter()
+            .map(|(service, traffic)| (service.clone(), traffic.in_flight))
+            .collect();
+        let queued = self.queued.load(std::sync::atomic::Ordering::SeqCst);
+        (in_flight, queued)
+    }
+
     /// Every model clients can ask for, running or not: each service's names,
     /// then what it reported when ready.
     pub fn models(&self) -> Vec<ListedModel> {
@@ -438,6 +453,7 @@ impl Gateway {
     /// requests of the services it must evict to finish — a stream in progress
     /// is never cut — stops them, starts `to` and tells the scheduler.
     async fn switch(self: Arc<Self>, to: String, evict: Vec<String>) {
+        let began = tokio::time::Instant::now();
         let drain = tokio::time::sleep(self.settings.drain_timeout);
         tokio::pin!(drain);
         for service in &evict {
@@ -476,6 +492,9 @@ impl Gateway {
             }
             None => Err(format!("`{to}` is no longer configured")),
         };
+        if outcome.is_ok() {
+            self.supervisor.metrics().observe_swap(&to, began.elapsed());
+        }
         let snapshot = self.snapshot().await;
         let effects = lock(&self.scheduler).switched(&to, outcome, &snapshot);
         self.perform(effects);

@@ -55,12 +55,89 @@ pub struct Upstream<'a> {
     pub api_key: Option<&'a str>,
 }
 
+/// One forwarded request's figures, recorded when its answer ends (or is
+/// dropped: the client went away, a 499).
+pub struct Recorder {
+    pub metrics: crate::metrics::Metrics,
+    pub figures: crate::metrics::RequestFigures,
+    pub started: tokio::time::Instant,
+    /// The answer's end, where a final `usage` is.
+    tail: Vec<u8>,
+    finished: bool,
+    /// The answer's `Content-Length`: once that much went by, it is finished
+    /// (the server need not poll the stream to its end).
+    expected: Option<u64>,
+    seen: u64,
+}
+
+/// How much of an answer's end is kept to find its `usage` in.
+const TAIL_BYTES: usize = 8 * 1024;
+
+impl Recorder {
+    pub fn new(metrics: crate::metrics::Metrics, service: &str, model: &str) -> Self {
+        Self {
+            metrics,
+            figures: crate::metrics::RequestFigures {
+                service: service.to_string(),
+                model: model.to_string(),
+                ..Default::default()
+            },
+            started: tokio::time::Instant::now(),
+            tail: Vec::new(),
+            finished: false,
+            expected: None,
+            seen: 0,
+        }
+    }
+
+    /// The answer ended as it should.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    fn saw(&mut self, chunk: &[u8]) {
+        self.seen += chunk.len() as u64;
+        if self.expected.is_some_and(|expected| self.seen >= expected) {
+            self.finished = true;
+        }
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > TAIL_BYTES {
+            self.tail.drain(..self.tail.len() - TAIL_BYTES);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.figures.code = 499;
+        }
+        self.figures.duration = self.started.elapsed();
+        let tail = String::from_utf8_lossy(&self.tail);
+        if let Some(at) = tail.rfind("\"usage\"") {
+            let usage = &tail[at..];
+            let count = |key: &str| {
+                let after = &usage[usage.find(&format!("\"{key}\""))? + key.len() + 2..];
+                let digits = after.trim_start().strip_prefix(':')?.trim_start();
+                let end = digits
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                digits[..end].parse().ok()
+            };
+            self.figures.tokens_in = count("prompt_tokens");
+            self.figures.tokens_out = count("completion_tokens");
+        }
+        self.metrics.observe_request(&self.figures);
+    }
+}
+
 /// Sends `upstream` and streams the answer back; the request counts as in
 /// flight until the answer's body is finished or dropped.
 pub async fn forward(
     client: &Client,
     upstream: Upstream<'_>,
     in_flight: InFlight,
+    mut recorder: Recorder,
 ) -> Result<Response, GatewayError> {
     let host = if upstream.host.contains(':') {
         format!("[{}]", upstream.host)
@@ -97,6 +174,12 @@ pub async fn forward(
         )
     })?;
     let (mut parts, body) = answer.into_parts();
+    recorder.figures.code = parts.status.as_u16();
+    recorder.expected = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse().ok());
+    recorder.figures.first_byte = Some(recorder.started.elapsed());
     let hop_by_hop: Vec<HeaderName> = parts
         .headers
         .keys()
@@ -120,10 +203,23 @@ pub async fn forward(
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    // The guard rides with the body: the request ends when the stream does.
-    let chunks = Body::new(body).into_data_stream().map(move |chunk| {
-        let _still_in_flight = &in_flight;
-        chunk
-    });
+    // The guard and the recorder ride with the body: the request ends when
+    // the stream does.
+    let riding = (Body::new(body).into_data_stream(), in_flight, recorder);
+    let chunks =
+        futures_util::stream::unfold(riding, |(mut body, in_flight, mut recorder)| async move {
+            match body.next().await {
+                Some(chunk) => {
+                    if let Ok(bytes) = &chunk {
+                        recorder.saw(bytes);
+                    }
+                    Some((chunk, (body, in_flight, recorder)))
+                }
+                None => {
+                    recorder.finish();
+                    None
+                }
+            }
+        });
     Ok(Response::from_parts(parts, Body::from_stream(chunks)))
 }

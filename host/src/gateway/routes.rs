@@ -139,7 +139,8 @@ impl Request {
             body: Body::from(bytes),
             api_key: self.route.routable.api_key.as_deref(),
         };
-        forward(&self.gateway.client, upstream, in_flight).await
+        let recorder = self.gateway.recorder(&self.route.service, &self.model);
+        forward(&self.gateway.client, upstream, in_flight, recorder).await
     }
 }
 
@@ -291,7 +292,8 @@ async fn by_name(
             length,
             api_key: route.routable.api_key.as_deref(),
         };
-        forward(&gateway.client, upstream, in_flight).await
+        let recorder = gateway.recorder(&name, "");
+        forward(&gateway.client, upstream, in_flight, recorder).await
     };
     served.await.unwrap_or_else(IntoResponse::into_response)
 }
