@@ -477,8 +477,17 @@ pub fn python_with(requirement: &str) -> PathBuf {
     if ready.exists() {
         return python;
     }
-    let _ = std::fs::remove_dir_all(&venv);
+    // Tests run at once, in threads and in other test binaries: one makes the
+    // venv while the others wait for it (flock on a file beside it).
     std::fs::create_dir_all(test_cache()).unwrap();
+    let lock = std::fs::File::create(test_cache().join(format!("venv-{name}.lock"))).unwrap();
+    // SAFETY: flock(2) on a descriptor this function owns until it returns.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    if ready.exists() {
+        return python;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
     let made = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
