@@ -109,7 +109,8 @@ settings = {{ models = ["mock-embed"] }}
 
     // Started by the first request, stopped once idle for its 2 s.
     daemon.expect(|line| line.starts_with("[chat] ready"));
-    daemon.expect(|line| line.starts_with("[chat] stopped"));
+    let stopped = daemon.expect(|line| line.starts_with("[chat] stopped"));
+    assert_eq!(stopped, "[chat] stopped: idle for 2s", "the event says why");
     let (_, logs) = nanny_tests::call(
         "GET",
         &format!("{}/v1/services/chat/logs?tail=20", daemon.url),
@@ -290,6 +291,14 @@ fn requests_for_two_services_on_one_gpu_are_collated_into_two_swaps() {
         (launches("a"), launches("b")),
         (1, 1),
         "two swaps, not four"
+    );
+    // The eviction's events say why.
+    let evicted =
+        daemon.expect(|line| line.starts_with("[a] stopped") || line.starts_with("[b] stopped"));
+    assert!(
+        evicted.ends_with("which a request needs on its GPUs")
+            && (evicted.contains("evicted for `a`") || evicted.contains("evicted for `b`")),
+        "{evicted}"
     );
     // Whichever came first was evicted for the other.
     let (_, a) = nanny_tests::call("GET", &format!("{}/v1/services/a", daemon.url), None);

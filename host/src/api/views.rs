@@ -148,7 +148,8 @@ pub struct EventView {
     pub at_unix_ms: u64,
     pub port: u16,
     /// Why: the failure behind a `backoff`, the reason for `failed`, what a
-    /// `waiting` service waits for.
+    /// `waiting` service waits for, why a service stops (`idle for 5m`,
+    /// `evicted for chat, which needs its GPUs`) when that was said.
     pub reason: Option<String>,
     /// Loading progress, for `starting`.
     pub loading_percent: Option<u8>,
@@ -159,7 +160,7 @@ impl From<&StateChange> for EventView {
         let reason = match &change.to {
             State::Failed { reason } | State::Waiting { reason } => Some(reason.clone()),
             State::Backoff { .. } => change.last_failure.clone(),
-            _ => None,
+            _ => change.reason.clone(),
         };
         Self {
             service: change.service.clone(),

@@ -294,7 +294,11 @@ fn describe(change: &StateChange) -> String {
             " after {}",
             change.last_failure.as_deref().unwrap_or("a failure")
         ),
-        _ => String::new(),
+        _ => change
+            .reason
+            .as_ref()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default(),
     };
     format!("[{}] {}{detail}", change.service, change.to.name())
 }

@@ -473,8 +473,9 @@ impl Gateway {
                     }
                 }
             }
-            tracing::info!(service = %service, "evicted for `{to}`, which needs its GPUs");
-            if let Err(error) = self.supervisor.stop(service).await {
+            let reason = format!("evicted for `{to}`, which a request needs on its GPUs");
+            tracing::info!(service = %service, "{reason}");
+            if let Err(error) = self.supervisor.stop_because(service, reason).await {
                 tracing::warn!(service = %service, "eviction: {error}");
             }
         }
@@ -542,7 +543,8 @@ impl Gateway {
                         text: said,
                     });
                 }
-                if let Err(error) = self.supervisor.stop(&service).await {
+                let reason = format!("idle for {}", crate::config::duration::describe(idle_for));
+                if let Err(error) = self.supervisor.stop_because(&service, reason).await {
                     tracing::warn!(service = %service, "idle stop: {error}");
                 }
             }

@@ -64,6 +64,7 @@ mod tests {
             at_unix_ms: n,
             port: 1,
             last_failure: None,
+            reason: None,
         }
     }
 

@@ -103,6 +103,8 @@ struct ServiceHandle {
     fingerprint: String,
     /// What the gateway needs to know of it.
     route: RouteSpec,
+    /// Why the next stop happens, for its events (shared with its runner).
+    stop_reason: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// What the gateway routes by, as configured.
@@ -427,6 +429,7 @@ impl Supervisor {
                 concurrency: spec.concurrency,
                 api_key: spec.api_key.clone(),
             };
+            let stop_reason = Arc::new(std::sync::Mutex::new(None));
             let runner = Runner::new(
                 spec,
                 self.shared.clone(),
@@ -434,6 +437,7 @@ impl Supervisor {
                 inbox,
                 dependencies,
                 logs.clone(),
+                stop_reason.clone(),
             );
             let task = tokio::spawn(runner.run());
             topology.services.insert(
@@ -445,6 +449,7 @@ impl Supervisor {
                     task,
                     fingerprint,
                     route,
+                    stop_reason,
                 },
             );
         }
@@ -792,6 +797,18 @@ impl Supervisor {
         }
         self.stop_one(name).await?;
         Ok(stopped)
+    }
+
+    /// `stop`, saying why: the `stopping` and `stopped` events carry `reason`.
+    pub async fn stop_because(
+        &self,
+        name: &str,
+        reason: String,
+    ) -> Result<Vec<String>, SuperviseError> {
+        if let Some(handle) = self.read().services.get(name) {
+            *lock(&handle.stop_reason) = Some(reason);
+        }
+        self.stop(name).await
     }
 
     /// Stops one service alone; returns once its processes are gone.

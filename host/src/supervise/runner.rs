@@ -123,6 +123,9 @@ pub(super) struct Runner {
     pub(super) last_pid: Option<i32>,
     /// The last launch's `NANNY_LAUNCH`, which every process of it inherits.
     pub(super) launch_id: String,
+    /// Why the service is being stopped, when whoever stops it said; shown
+    /// with the `stopping` and `stopped` changes.
+    stop_reason: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Runner {
@@ -133,6 +136,7 @@ impl Runner {
         commands: mpsc::Receiver<Command>,
         dependencies: Vec<Dependency>,
         logs: Arc<LogBook>,
+        stop_reason: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Self {
         let backoff = Backoff::new(spec.restart.backoff);
         Self {
@@ -147,6 +151,7 @@ impl Runner {
             launches: 0,
             last_pid: None,
             launch_id: String::new(),
+            stop_reason,
         }
     }
 
@@ -158,6 +163,11 @@ impl Runner {
     /// the other.
     pub(super) fn set_with(&self, state: State, also: impl FnOnce(&mut ServiceStatus)) {
         let mut change = None;
+        let reason = match state {
+            State::Stopping => crate::locks::lock(&self.stop_reason).clone(),
+            State::Stopped => crate::locks::lock(&self.stop_reason).take(),
+            _ => None,
+        };
         self.status.send_if_modified(|status| {
             if status.state == state {
                 return false;
@@ -173,6 +183,7 @@ impl Runner {
                 at_unix_ms: status.since_unix_ms,
                 port: status.port,
                 last_failure: status.last_failure.clone(),
+                reason,
             });
             status.state = state;
             true

@@ -134,4 +134,6 @@ pub struct StateChange {
     /// The service's port, for the reader's convenience.
     pub port: u16,
     pub last_failure: Option<String>,
+    /// Why it stops, when someone said (`idle for 5m`, `evicted for chat`).
+    pub reason: Option<String>,
 }
