@@ -684,3 +684,66 @@ settings = {{ command = ["python3", "-c", {:?}, "{{port}}"], health_path = "/hea
     let (status, _) = nanny_tests::call("GET", &format!("{}/v1/services", daemon.url), None);
     assert_eq!(status, 200);
 }
+
+const DISCONNECT: &str = r#"
+import sys
+import httpx
+
+body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+with httpx.stream("POST", sys.argv[1] + "/chat/completions", json=body, headers={"Authorization": "Bearer x"}, timeout=60) as response:
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            break
+# Leaving the block closes the connection mid-stream.
+print("left")
+"#;
+
+/// A client that goes away mid-stream cancels the upstream request (the mock
+/// backend counts the stream it could not finish), and counts as a 499.
+#[test]
+fn a_client_that_goes_away_cancels_the_upstream_request() {
+    let python = python_with(OPENAI);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\n{}\n\n[services.slow]\nbackend = \"mock\"\nmodels = [\"slow\"]\nargs = [\"--tokens-per-second\", \"1\"]\nsettings = {{ models = [\"mock-slow\"] }}\n",
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("[slow] ready"));
+    let output = Command::new(&python)
+        .args(["-c", DISCONNECT, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The backend learns of it when its next token cannot be sent (1 a second):
+    // ask it, through the proxy route, until it has (bounded).
+    let stats = format!("{}/v1/services/slow/proxy/stats", daemon.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, seen) = nanny_tests::call("GET", &stats, None);
+        assert_eq!(status, 200, "{seen}");
+        if seen["cancelled"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream ran on: {seen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, metrics) = nanny_tests::call("GET", &format!("{}/metrics", daemon.url), None);
+    assert!(
+        metrics.as_str().unwrap_or_default().lines().any(|line| line
+            == r#"nanny_gateway_requests_total{service="slow",model="slow",code="499"} 1"#),
+        "{metrics}"
+    );
+}

@@ -48,6 +48,8 @@ pub(crate) struct MockState {
     pub models: Vec<String>,
     pub started: Instant,
     pub requests: AtomicU64,
+    /// Streamed answers whose client went away before the end.
+    pub cancelled: AtomicU64,
 }
 
 impl MockState {
@@ -96,6 +98,7 @@ pub async fn run(options: MockOptions) -> anyhow::Result<()> {
         models,
         started: Instant::now(),
         requests: AtomicU64::new(0),
+        cancelled: AtomicU64::new(0),
     });
     if let Some(after) = options.crash_after_secs {
         tokio::spawn(async move {

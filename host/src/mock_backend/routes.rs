@@ -25,6 +25,7 @@ pub(super) fn router(state: Arc<MockState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/stats", get(stats))
         .with_state(state)
 }
 
@@ -53,6 +54,15 @@ async fn health(State(state): Shared) -> Response {
         )
             .into_response()
     }
+}
+
+/// What the tests count: requests, and streams cut short by their client.
+async fn stats(State(state): Shared) -> Json<Value> {
+    use std::sync::atomic::Ordering;
+    Json(json!({
+        "requests": state.requests.load(Ordering::SeqCst),
+        "cancelled": state.cancelled.load(Ordering::SeqCst),
+    }))
 }
 
 async fn models(State(state): Shared) -> Json<Value> {
@@ -129,6 +139,7 @@ async fn complete(
     }
     let pause = Duration::from_secs_f64(1.0 / state.options.tokens_per_second.max(0.001));
     let (events, stream) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(4);
+    let counts = state.clone();
     tokio::spawn(async move {
         let chunk_object = if chat {
             "chat.completion.chunk"
@@ -149,6 +160,9 @@ async fn complete(
                 .await
                 .is_err()
             {
+                counts
+                    .cancelled
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
             tokio::time::sleep(pause).await;
