@@ -747,3 +747,45 @@ fn a_client_that_goes_away_cancels_the_upstream_request() {
         "{metrics}"
     );
 }
+
+/// The models a backend reported are remembered in the state directory: after
+/// a daemon restart, its service is routable by them while still stopped.
+#[test]
+fn reported_models_stay_routable_across_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nanny.toml");
+    let write = |autostart: bool| {
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\n{}\n\n[services.embed]\nbackend = \"mock\"\nautostart = {autostart}\nsettings = {{ models = [\"mock-embed\"] }}\n",
+                port_range_line()
+            ),
+        )
+        .unwrap();
+    };
+    write(true);
+    let first = Daemon::up(&config, dir.path());
+    first.expect(|line| line.starts_with("[embed] ready"));
+    first.signal(libc::SIGINT);
+    first.expect(|line| line == "nanny: all services stopped");
+    drop(first);
+
+    write(false);
+    let second = Daemon::up(&config, dir.path());
+    second.expect(|line| line.starts_with("nanny: supervising"));
+    let (_, models) = nanny_tests::call("GET", &format!("{}/v1/models", second.url), None);
+    assert_eq!(models["data"][0]["id"], "mock-embed", "{models}");
+    assert_eq!(models["data"][0]["status"], "stopped");
+    let mut response = agent()
+        .post(&format!("{}/v1/embeddings", second.url))
+        .header("Content-Type", "application/json")
+        .send(r#"{"model": "mock-embed", "input": ["a"]}"#)
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["model"], "mock-embed");
+    second.expect(|line| line.starts_with("[embed] ready"));
+}

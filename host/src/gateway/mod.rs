@@ -330,7 +330,14 @@ impl Gateway {
         let mut listed: Vec<ListedModel> = Vec::new();
         for (service, routable) in self.supervisor.routable() {
             let reported = routable.status.models.iter().map(|model| model.id.clone());
-            for id in routable.names.iter().cloned().chain(reported) {
+            let remembered = routable.status.last_models.iter().cloned();
+            for id in routable
+                .names
+                .iter()
+                .cloned()
+                .chain(reported)
+                .chain(remembered)
+            {
                 if listed.iter().any(|model| model.id == id) {
                     continue;
                 }
@@ -351,13 +358,12 @@ impl Gateway {
         let configured = services
             .iter()
             .find(|(_, routable)| routable.names.iter().any(|name| name == model));
+        // Reported now, or when last ready (remembered across restarts too).
         let reported = || {
             services.iter().find(|(_, routable)| {
-                routable
-                    .status
-                    .models
-                    .iter()
-                    .any(|reported| reported.id == model)
+                let status = &routable.status;
+                status.models.iter().any(|reported| reported.id == model)
+                    || status.last_models.iter().any(|id| id == model)
             })
         };
         if let Some((service, routable)) = configured.or_else(reported) {

@@ -376,6 +376,7 @@ impl Supervisor {
                     if let Some(earlier) = self.remembered.get(&name) {
                         status.restarts = earlier.restarts;
                         status.last_failure = earlier.last_failure.clone();
+                        status.last_models.clone_from(&earlier.models);
                     }
                     (name, (watch::channel(status).0, None))
                 })

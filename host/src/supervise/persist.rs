@@ -1,5 +1,5 @@
-//! What must survive a daemon restart: each service's restart count and last
-//! failure, in `<state_dir>/services.json`, written atomically.
+//! What must survive a daemon restart: each service's restart count, last
+//! failure and the models it last reported, in `<state_dir>/services.json`, written atomically.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,9 @@ use super::state::{ServiceStatus, StateChange};
 pub struct Remembered {
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// The model ids the backend reported when last ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// Reads what an earlier daemon remembered; a missing or unreadable file is an
@@ -37,6 +40,7 @@ fn save(path: &Path, statuses: &[watch::Receiver<ServiceStatus>]) -> std::io::Re
                 Remembered {
                     restarts: status.restarts,
                     last_failure: status.last_failure.clone(),
+                    models: status.last_models.clone(),
                 },
             )
         })

@@ -345,6 +345,7 @@ impl Running<'_> {
                         context_length: model.context_length,
                     })
                     .collect();
+                status.last_models = status.models.iter().map(|m| m.id.clone()).collect();
             }),
             Ok(Err(reason)) | Err(reason) => {
                 tracing::warn!(service = %name, "models unknown: {reason}")

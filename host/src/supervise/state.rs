@@ -87,6 +87,10 @@ pub struct ServiceStatus {
     pub gpus: Vec<String>,
     /// What the backend serves, as its plugin read the backend's model list once ready.
     pub models: Vec<ModelInfo>,
+    /// The model ids it reported the last time it was ready, kept while it is
+    /// stopped (and across daemon restarts): the gateway still routes them here.
+    #[serde(skip)]
+    pub last_models: Vec<String>,
 }
 
 /// One model a backend serves.
@@ -113,6 +117,7 @@ impl ServiceStatus {
             last_failure: None,
             gpus: Vec::new(),
             models: Vec::new(),
+            last_models: Vec::new(),
         }
     }
 }
