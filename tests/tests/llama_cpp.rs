@@ -149,3 +149,63 @@ async fn a_bad_model_path_fails_with_the_plugins_reason() {
     assert_eq!(failed.restarts, 0, "a diagnosed failure is not retried");
     supervisor.shutdown().await;
 }
+
+const THROUGH_THE_GATEWAY: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed-on-loopback", max_retries=0, timeout=180)
+messages = [{"role": "user", "content": "hello"}]
+out = {}
+stream = client.chat.completions.create(model="left", messages=messages, max_tokens=8, stream=True)
+chunks = [c for c in stream if c.choices]
+out["left_chunks"] = len(chunks)
+out["left_model"] = chunks[0].model
+out["right_model"] = client.chat.completions.create(model="right", messages=messages, max_tokens=4).model
+print(json.dumps(out))
+"#;
+
+/// The real llama-server through the gateway: a streamed chat asked for by the
+/// service's own name (rewritten to llama-server's alias), then a request for
+/// a second llama-server on the same (fake) GPU, which swaps them.
+#[test]
+fn llama_server_streams_through_the_gateway_and_swaps_on_one_gpu() {
+    let llama = llama_cpp();
+    let python = nanny_tests::python_with("openai==1.109.1");
+    let dir = tempfile::tempdir().unwrap();
+    let service = |name: &str| {
+        format!(
+            "[services.{name}]\nbackend = \"llama-cpp\"\nmodel = {:?}\nmodels = [\"{name}\"]\ngpus = [0]\nautostart = false\nargs = [\"-t\", \"1\", \"-c\", \"256\"]\nstartup_timeout = \"120s\"\nsettings = {{ program = {:?}, alias = \"tiny\" }}\n",
+            llama.model.display().to_string(),
+            llama.server.display().to_string(),
+        )
+    };
+    let daemon = nanny_tests::daemon_with_fake_gpus(
+        dir.path(),
+        &format!("{}\n{}", service("left"), service("right")),
+    );
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let output = Command::new(&python)
+        .args(["-c", THROUGH_THE_GATEWAY, &format!("{}/v1", daemon.url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(out["left_chunks"].as_u64().unwrap() >= 1, "{out}");
+    assert_eq!(
+        out["left_model"], "tiny",
+        "asked as `left`, answered by llama-server's alias"
+    );
+    assert_eq!(out["right_model"], "tiny");
+    let evicted = daemon.expect(|line| line.starts_with("[left] stopped"));
+    assert!(evicted.contains("evicted for `right`"), "{evicted}");
+    let state = |name: &str| {
+        nanny_tests::call("GET", &format!("{}/v1/services/{name}", daemon.url), None).1["state"]
+            .clone()
+    };
+    assert_eq!(
+        (state("left"), state("right")),
+        ("stopped".into(), "ready".into())
+    );
+}
