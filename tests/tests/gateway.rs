@@ -689,7 +689,7 @@ const DISCONNECT: &str = r#"
 import sys
 import httpx
 
-body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+body = {"model": sys.argv[2], "messages": [{"role": "user", "content": "hi"}], "stream": True}
 with httpx.stream("POST", sys.argv[1] + "/chat/completions", json=body, headers={"Authorization": "Bearer x"}, timeout=60) as response:
     for line in response.iter_lines():
         if line.startswith("data:"):
@@ -699,7 +699,8 @@ print("left")
 "#;
 
 /// A client that goes away mid-stream cancels the upstream request (the mock
-/// backend counts the stream it could not finish), and counts as a 499.
+/// backend counts the stream it could not finish), and counts as a 499; with
+/// `on_disconnect = "drain"` the backend finishes it instead.
 #[test]
 fn a_client_that_goes_away_cancels_the_upstream_request() {
     let python = python_with(OPENAI);
@@ -708,22 +709,22 @@ fn a_client_that_goes_away_cancels_the_upstream_request() {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\n{}\n\n[services.slow]\nbackend = \"mock\"\nmodels = [\"slow\"]\nargs = [\"--tokens-per-second\", \"1\"]\nsettings = {{ models = [\"mock-slow\"] }}\n",
+            "[daemon]\n{}\n\n[services.slow]\nbackend = \"mock\"\nmodels = [\"slow\"]\nargs = [\"--tokens-per-second\", \"1\"]\nsettings = {{ models = [\"mock-slow\"] }}\n\n[services.batch]\nbackend = \"mock\"\nmodels = [\"batch\"]\non_disconnect = \"drain\"\nargs = [\"--tokens-per-second\", \"20\"]\nsettings = {{ models = [\"mock-batch\"] }}\n",
             port_range_line()
         ),
     )
     .unwrap();
     let daemon = Daemon::up(&config, dir.path());
-    daemon.expect(|line| line.starts_with("[slow] ready"));
-    let output = Command::new(&python)
-        .args(["-c", DISCONNECT, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    daemon.expect(|line| line.starts_with("nanny: supervising"));
+    let leave = |model: &str| {
+        let output = Command::new(&python)
+            .args(["-c", DISCONNECT, &format!("{}/v1", daemon.url), model])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+    };
+    leave("slow");
     // The backend learns of it when its next token cannot be sent (1 a second):
     // ask it, through the proxy route, until it has (bounded).
     let stats = format!("{}/v1/services/slow/proxy/stats", daemon.url);
@@ -746,6 +747,24 @@ fn a_client_that_goes_away_cancels_the_upstream_request() {
             == r#"nanny_gateway_requests_total{service="slow",model="slow",code="499"} 1"#),
         "{metrics}"
     );
+    // `on_disconnect = "drain"`: the backend finishes what it began, and the
+    // request counts in flight until it has.
+    leave("batch");
+    let batch_stats = format!("{}/v1/services/batch/proxy/stats", daemon.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let (_, seen) = nanny_tests::call("GET", &batch_stats, None);
+        if seen["completed"] == 1 || seen["cancelled"] != 0 {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained answer never ended: {seen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(seen["completed"], 1, "drained to its end, not cut: {seen}");
+    assert_eq!(seen["cancelled"], 0, "drained, not cut: {seen}");
 }
 
 /// The models a backend reported are remembered in the state directory: after

@@ -102,6 +102,9 @@ pub struct RawService {
     /// The key the backend itself wants: the gateway sends it upstream as
     /// `Authorization: Bearer …`; clients never see it.
     pub api_key: Option<String>,
+    /// What a client going away mid-answer does upstream: `cancel` (the
+    /// default) or `drain` (the backend finishes, its answer thrown away).
+    pub on_disconnect: Option<OnDisconnect>,
     #[serde(default = "loopback")]
     pub host: String,
     pub port: Option<u16>,
@@ -250,6 +253,13 @@ pub struct RawScheduling {
     pub auto_start: Option<bool>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub auto_stop_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    Cancel,
+    Drain,
 }
 
 /// Caps for each launch, through its cgroup or Docker.

@@ -310,6 +310,7 @@ impl Config {
                     .map(|name| name.get_ref().clone())
                     .collect(),
                 api_key: raw.api_key.clone(),
+                drain_on_disconnect: raw.on_disconnect == Some(file::OnDisconnect::Drain),
                 concurrency: crate::supervise::Concurrency {
                     max: raw.max_concurrent.filter(|max| *max > 0),
                     queue: raw.queue.unwrap_or(true),

@@ -309,6 +309,15 @@ impl Gateway {
         self.settings.max_body
     }
 
+    /// How long an answer whose client went away may run on (`on_disconnect =
+    /// "drain"`, bounded by `drain_timeout`); `None`: it is cut with the client.
+    fn drain_on_disconnect(&self, route: &Route) -> Option<Duration> {
+        route
+            .routable
+            .drain_on_disconnect
+            .then_some(self.settings.drain_timeout)
+    }
+
     /// Where one forwarded request's figures go.
     fn recorder(&self, service: &str, model: &str) -> proxy::Recorder {
         proxy::Recorder::new(self.supervisor.metrics().clone(), service, model)

@@ -53,6 +53,8 @@ pub struct Upstream<'a> {
     pub length: Option<usize>,
     /// The backend's own key, sent as its bearer token.
     pub api_key: Option<&'a str>,
+    /// `on_disconnect = "drain"`: how long a cut answer may run on.
+    pub drain: Option<Duration>,
 }
 
 /// One forwarded request's figures, recorded when its answer ends (or is
@@ -205,21 +207,67 @@ pub async fn forward(
     }
     // The guard and the recorder ride with the body: the request ends when
     // the stream does.
-    let riding = (Body::new(body).into_data_stream(), in_flight, recorder);
-    let chunks =
-        futures_util::stream::unfold(riding, |(mut body, in_flight, mut recorder)| async move {
-            match body.next().await {
-                Some(chunk) => {
-                    if let Ok(bytes) = &chunk {
-                        recorder.saw(bytes);
-                    }
-                    Some((chunk, (body, in_flight, recorder)))
+    let riding = Riding {
+        body: Some(Body::new(body).into_data_stream()),
+        in_flight: Some(in_flight),
+        recorder: Some(recorder),
+        drain: upstream.drain,
+    };
+    let chunks = futures_util::stream::unfold(riding, |mut riding| async move {
+        let chunk = riding.body.as_mut()?.next().await;
+        match chunk {
+            Some(chunk) => {
+                if let (Ok(bytes), Some(recorder)) = (&chunk, riding.recorder.as_mut()) {
+                    recorder.saw(bytes);
                 }
-                None => {
-                    recorder.finish();
-                    None
-                }
+                Some((chunk, riding))
             }
-        });
+            None => {
+                riding.ended();
+                None
+            }
+        }
+    });
     Ok(Response::from_parts(parts, Body::from_stream(chunks)))
+}
+
+/// What travels with an answer's body to the client.
+struct Riding {
+    /// `None` once it ended.
+    body: Option<axum::body::BodyDataStream>,
+    in_flight: Option<InFlight>,
+    recorder: Option<Recorder>,
+    /// `on_disconnect = "drain"`: a client gone mid-answer leaves the backend
+    /// to finish it (read and thrown away, for at most this long).
+    drain: Option<Duration>,
+}
+
+impl Riding {
+    /// The answer ended as it should: nothing is left to drain.
+    fn ended(&mut self) {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.finish();
+        }
+        self.body = None;
+    }
+}
+
+impl Drop for Riding {
+    fn drop(&mut self) {
+        let (Some(mut body), Some(drain)) = (self.body.take(), self.drain) else {
+            return;
+        };
+        // Some servers break a whole batch when one request is cut: let this
+        // one run out, still counted in flight until it has.
+        let (in_flight, recorder) = (self.in_flight.take(), self.recorder.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(drain, async {
+                    while let Some(Ok(_)) = body.next().await {}
+                })
+                .await;
+                drop((in_flight, recorder));
+            });
+        }
+    }
 }

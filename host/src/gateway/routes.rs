@@ -138,6 +138,7 @@ impl Request {
             length: Some(bytes.len()),
             body: Body::from(bytes),
             api_key: self.route.routable.api_key.as_deref(),
+            drain: self.gateway.drain_on_disconnect(&self.route),
         };
         let recorder = self.gateway.recorder(&self.route.service, &self.model);
         forward(&self.gateway.client, upstream, in_flight, recorder).await
@@ -291,6 +292,7 @@ async fn by_name(
             body,
             length,
             api_key: route.routable.api_key.as_deref(),
+            drain: gateway.drain_on_disconnect(&route),
         };
         let recorder = gateway.recorder(&name, "");
         forward(&gateway.client, upstream, in_flight, recorder).await

@@ -50,6 +50,8 @@ pub(crate) struct MockState {
     pub requests: AtomicU64,
     /// Streamed answers whose client went away before the end.
     pub cancelled: AtomicU64,
+    /// Streamed answers sent to their end.
+    pub completed: AtomicU64,
 }
 
 impl MockState {
@@ -99,6 +101,7 @@ pub async fn run(options: MockOptions) -> anyhow::Result<()> {
         started: Instant::now(),
         requests: AtomicU64::new(0),
         cancelled: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
     });
     if let Some(after) = options.crash_after_secs {
         tokio::spawn(async move {

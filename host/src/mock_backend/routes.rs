@@ -62,6 +62,7 @@ async fn stats(State(state): Shared) -> Json<Value> {
     Json(json!({
         "requests": state.requests.load(Ordering::SeqCst),
         "cancelled": state.cancelled.load(Ordering::SeqCst),
+        "completed": state.completed.load(Ordering::SeqCst),
     }))
 }
 
@@ -167,7 +168,15 @@ async fn complete(
             }
             tokio::time::sleep(pause).await;
         }
-        let _ = events.send(Ok(Event::default().data("[DONE]"))).await;
+        if events
+            .send(Ok(Event::default().data("[DONE]")))
+            .await
+            .is_ok()
+        {
+            counts
+                .completed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     });
     Sse::new(ReceiverStream::new(stream)).into_response()
 }

@@ -117,6 +117,7 @@ struct RouteSpec {
     startup_timeout: std::time::Duration,
     concurrency: Concurrency,
     api_key: Option<String>,
+    drain_on_disconnect: bool,
 }
 
 /// One service as the gateway sees it.
@@ -137,6 +138,8 @@ pub struct Routable {
     pub concurrency: Concurrency,
     /// What the backend wants as its bearer token.
     pub api_key: Option<String>,
+    /// Whether an answer whose client went away runs on (`on_disconnect = "drain"`).
+    pub drain_on_disconnect: bool,
     pub status: ServiceStatus,
 }
 
@@ -228,7 +231,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -242,7 +245,8 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.models,
         spec.idle_stop,
         spec.concurrency,
-        spec.api_key
+        spec.api_key,
+        spec.drain_on_disconnect
     )
 }
 
@@ -429,6 +433,7 @@ impl Supervisor {
                 startup_timeout: spec.startup_timeout,
                 concurrency: spec.concurrency,
                 api_key: spec.api_key.clone(),
+                drain_on_disconnect: spec.drain_on_disconnect,
             };
             let stop_reason = Arc::new(std::sync::Mutex::new(None));
             let runner = Runner::new(
@@ -677,6 +682,7 @@ impl Supervisor {
                     startup_timeout: route.startup_timeout,
                     concurrency: route.concurrency,
                     api_key: route.api_key.clone(),
+                    drain_on_disconnect: route.drain_on_disconnect,
                     status: handle.status.borrow().clone(),
                 };
                 (name.clone(), routable)

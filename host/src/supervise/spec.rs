@@ -102,6 +102,8 @@ pub struct ServiceSpec {
     pub concurrency: Concurrency,
     /// What the gateway sends the backend as `Authorization: Bearer …`.
     pub api_key: Option<String>,
+    /// `on_disconnect = "drain"`: an answer whose client went away runs on.
+    pub drain_on_disconnect: bool,
 }
 
 /// `max_concurrent` and `queue`: requests in flight at once, and what happens
@@ -154,6 +156,7 @@ impl ServiceSpec {
             models: Vec::new(),
             concurrency: Concurrency::default(),
             api_key: None,
+            drain_on_disconnect: false,
         }
     }
 }
