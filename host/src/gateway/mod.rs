@@ -191,13 +191,9 @@ impl Gateway {
     /// A request may go to `service` now: at once for a service without GPUs;
     /// for one with, when the scheduler says (after a switch, if it needs one).
     /// The request is in flight from the moment it is admitted.
-    pub async fn admit(self: &Arc<Self>, service: &str) -> Result<InFlight, GatewayError> {
-        let wants_gpus = self
-            .supervisor
-            .routable()
-            .get(service)
-            .is_some_and(|routable| routable.wants_gpus);
-        if !wants_gpus {
+    pub async fn admit(self: &Arc<Self>, route: &Route) -> Result<InFlight, GatewayError> {
+        let service = route.service.as_str();
+        if !route.routable.wants_gpus {
             return Ok(self.in_flight(service));
         }
         let id = self

@@ -82,7 +82,7 @@ async fn by_model(
         }?;
         let route = gateway.route(&model)?;
         let slot = gateway.slot(&route).await?;
-        let in_flight = gateway.admit(&route.service).await?.holding(slot);
+        let in_flight = gateway.admit(&route).await?.holding(slot);
         let request = Request {
             gateway: gateway.clone(),
             route,
@@ -278,7 +278,7 @@ async fn by_name(
             target = format!("{target}?{query}");
         }
         let slot = gateway.slot(&route).await?;
-        let in_flight = gateway.admit(&name).await?.holding(slot);
+        let in_flight = gateway.admit(&route).await?.holding(slot);
         let status = gateway.ready(&route).await?;
         let length = headers
             .get(header::CONTENT_LENGTH)
