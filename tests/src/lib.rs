@@ -530,3 +530,17 @@ pub fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
         ],
     )
 }
+
+/// Runs a Python `script` with `python` and `args` (as `sys.argv[1:]`); what it
+/// printed, read as JSON. A failing script fails the test with its stderr.
+pub fn run_python(python: &Path, script: &str, args: &[&str]) -> Value {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}

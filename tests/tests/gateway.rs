@@ -62,13 +62,7 @@ settings = {{ models = ["mock-embed"] }}
     let daemon = Daemon::up(&config, dir.path());
     daemon.expect(|line| line.starts_with("[embed] ready"));
 
-    let output = Command::new(&python)
-        .args(["-c", SCRIPT, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = nanny_tests::run_python(&python, SCRIPT, &[&format!("{}/v1", daemon.url)]);
 
     // Listed while `chat` was still stopped: its configured name, and what the
     // running `embed` reported.
@@ -224,7 +218,7 @@ fn a_model_name_two_services_claim_is_refused_naming_both() {
 }
 
 const SWAPS: &str = r#"
-import json, sys, time
+import json, sys
 from concurrent.futures import ThreadPoolExecutor
 import openai
 
@@ -238,7 +232,6 @@ with ThreadPoolExecutor(4) as pool:
     futures = []
     for model in ["model-a", "model-b", "model-a", "model-b"]:
         futures.append(pool.submit(ask, model))
-        time.sleep(0.05)
     print(json.dumps([future.result() for future in futures]))
 "#;
 
@@ -258,13 +251,7 @@ fn requests_for_two_services_on_one_gpu_are_collated_into_two_swaps() {
         &format!("{}\n{}", service("a"), service("b")),
     );
     daemon.expect(|line| line.starts_with("nanny: supervising"));
-    let output = Command::new(&python)
-        .args(["-c", SWAPS, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let answered: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answered = nanny_tests::run_python(&python, SWAPS, &[&format!("{}/v1", daemon.url)]);
     assert_eq!(
         answered,
         serde_json::json!(["mock-a", "mock-b", "mock-a", "mock-b"]),
@@ -340,6 +327,7 @@ out["lined"] = refused("lined")
 stream.close()
 
 # queue = true on a gateway with room: the second waits for the first's slot.
+client = openai.OpenAI(base_url=sys.argv[2], api_key="not-needed-on-loopback", max_retries=0)
 stream = holding("patient")
 answered = {}
 waiter = threading.Thread(target=lambda: answered.update(model=client.chat.completions.create(model="patient", messages=messages).model))
@@ -389,27 +377,12 @@ fn concurrency_limits_refuse_or_queue_before_any_byte_is_sent() {
     let roomy = Daemon::up(&roomy_config, roomy_dir.path());
     roomy.expect(|line| line.starts_with("nanny: supervising"));
 
-    let both = |daemon: &Daemon, roomy: &Daemon| {
-        // The script talks to one address: the patient part runs against the roomy daemon.
-        let output = Command::new(&python)
-            .args([
-                "-c",
-                &LIMITS.replace(
-                    "stream = holding(\"patient\")",
-                    &format!(
-                        "client = openai.OpenAI(base_url=\"{}/v1\", api_key=\"x\", max_retries=0)\nstream = holding(\"patient\")",
-                        roomy.url
-                    ),
-                ),
-                &format!("{}/v1", daemon.url),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "{stderr}");
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-    };
-    let out = both(&daemon, &roomy);
+    // The patient part runs against the roomy daemon (the second address).
+    let out = nanny_tests::run_python(
+        &python,
+        LIMITS,
+        &[&format!("{}/v1", daemon.url), &format!("{}/v1", roomy.url)],
+    );
     assert_eq!(
         out["strict"],
         serde_json::json!([429, "1", "too_many_requests"])
@@ -472,13 +445,7 @@ settings = {{ command = ["sh", "-c", "echo cannot load the weights; exit 1"], he
     .unwrap();
     let daemon = Daemon::up(&config, dir.path());
     daemon.expect(|line| line.starts_with("nanny: supervising"));
-    let output = Command::new(&python)
-        .args(["-c", LOADING, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = nanny_tests::run_python(&python, LOADING, &[&format!("{}/v1", daemon.url)]);
     assert_eq!(out["status"], 200);
     let lines: Vec<&str> = out["lines"]
         .as_array()
@@ -660,13 +627,7 @@ settings = {{ command = ["python3", "-c", {:?}, "{{port}}"], health_path = "/hea
     .unwrap();
     let daemon = Daemon::up(&config, dir.path());
     daemon.expect(|line| line.starts_with("[echo] ready"));
-    let output = Command::new(&python)
-        .args(["-c", KEYS, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = nanny_tests::run_python(&python, KEYS, &[&format!("{}/v1", daemon.url)]);
     assert_eq!(
         out["seen"], "Bearer sk-backend",
         "the backend saw its own key only"
@@ -717,30 +678,19 @@ fn a_client_that_goes_away_cancels_the_upstream_request() {
     let daemon = Daemon::up(&config, dir.path());
     daemon.expect(|line| line.starts_with("nanny: supervising"));
     let leave = |model: &str| {
-        let output = Command::new(&python)
-            .args(["-c", DISCONNECT, &format!("{}/v1", daemon.url), model])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
+        nanny_tests::run_python(&python, DISCONNECT, &[&format!("{}/v1", daemon.url), model]);
     };
     leave("slow");
-    // The backend learns of it when its next token cannot be sent (1 a second):
-    // ask it, through the proxy route, until it has (bounded).
-    let stats = format!("{}/v1/services/slow/proxy/stats", daemon.url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (status, seen) = nanny_tests::call("GET", &stats, None);
+    // The backend learns of it when its next token cannot be sent (1 a second);
+    // its /stats, through the proxy route, answers once it has.
+    let stats = |service: &str, wait: &str| {
+        let url = format!("{}/v1/services/{service}/proxy/stats?{wait}", daemon.url);
+        let (status, seen) = nanny_tests::call("GET", &url, None);
         assert_eq!(status, 200, "{seen}");
-        if seen["cancelled"] == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upstream stream ran on: {seen}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        seen
+    };
+    let seen = stats("slow", "cancelled=1");
+    assert_eq!(seen["cancelled"], 1, "the upstream stream ran on: {seen}");
     let (_, metrics) = nanny_tests::call("GET", &format!("{}/metrics", daemon.url), None);
     assert!(
         metrics.as_str().unwrap_or_default().lines().any(|line| line
@@ -750,19 +700,7 @@ fn a_client_that_goes_away_cancels_the_upstream_request() {
     // `on_disconnect = "drain"`: the backend finishes what it began, and the
     // request counts in flight until it has.
     leave("batch");
-    let batch_stats = format!("{}/v1/services/batch/proxy/stats", daemon.url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let seen = loop {
-        let (_, seen) = nanny_tests::call("GET", &batch_stats, None);
-        if seen["completed"] == 1 || seen["cancelled"] != 0 {
-            break seen;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drained answer never ended: {seen}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let seen = stats("batch", "completed=1");
     assert_eq!(seen["completed"], 1, "drained to its end, not cut: {seen}");
     assert_eq!(seen["cancelled"], 0, "drained, not cut: {seen}");
 }

@@ -185,13 +185,11 @@ fn llama_server_streams_through_the_gateway_and_swaps_on_one_gpu() {
         &format!("{}\n{}", service("left"), service("right")),
     );
     daemon.expect(|line| line.starts_with("nanny: supervising"));
-    let output = Command::new(&python)
-        .args(["-c", THROUGH_THE_GATEWAY, &format!("{}/v1", daemon.url)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = nanny_tests::run_python(
+        &python,
+        THROUGH_THE_GATEWAY,
+        &[&format!("{}/v1", daemon.url)],
+    );
     assert!(out["left_chunks"].as_u64().unwrap() >= 1, "{out}");
     assert_eq!(
         out["left_model"], "tiny",

@@ -52,6 +52,8 @@ pub(crate) struct MockState {
     pub cancelled: AtomicU64,
     /// Streamed answers sent to their end.
     pub completed: AtomicU64,
+    /// Woken whenever a stream is cancelled or completed.
+    pub streams_changed: tokio::sync::Notify,
 }
 
 impl MockState {
@@ -102,6 +104,7 @@ pub async fn run(options: MockOptions) -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
         cancelled: AtomicU64::new(0),
         completed: AtomicU64::new(0),
+        streams_changed: tokio::sync::Notify::new(),
     });
     if let Some(after) = options.crash_after_secs {
         tokio::spawn(async move {

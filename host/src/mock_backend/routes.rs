@@ -56,9 +56,38 @@ async fn health(State(state): Shared) -> Response {
     }
 }
 
-/// What the tests count: requests, and streams cut short by their client.
-async fn stats(State(state): Shared) -> Json<Value> {
+/// `/stats?cancelled=N&completed=M`: answer once the counts have reached
+/// these (at most 30 s), so a test awaits them instead of polling.
+#[derive(Deserialize)]
+struct StatsWait {
+    cancelled: Option<u64>,
+    completed: Option<u64>,
+}
+
+/// What the tests count: requests, and streams cut short by their client or
+/// sent to their end.
+async fn stats(
+    State(state): Shared,
+    axum::extract::Query(wait): axum::extract::Query<StatsWait>,
+) -> Json<Value> {
     use std::sync::atomic::Ordering;
+    let reached = || {
+        wait.cancelled
+            .is_none_or(|n| state.cancelled.load(Ordering::SeqCst) >= n)
+            && wait
+                .completed
+                .is_none_or(|n| state.completed.load(Ordering::SeqCst) >= n)
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let changed = state.streams_changed.notified();
+            if reached() {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await;
     Json(json!({
         "requests": state.requests.load(Ordering::SeqCst),
         "cancelled": state.cancelled.load(Ordering::SeqCst),
@@ -164,6 +193,7 @@ async fn complete(
                 counts
                     .cancelled
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counts.streams_changed.notify_waiters();
                 return;
             }
             tokio::time::sleep(pause).await;
@@ -176,6 +206,7 @@ async fn complete(
             counts
                 .completed
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            counts.streams_changed.notify_waiters();
         }
     });
     Sse::new(ReceiverStream::new(stream)).into_response()

@@ -101,6 +101,22 @@ pub fn reap_orphans() -> usize {
     reaped
 }
 
+/// Waits for each of `pids` that is an orphan re-parented to this process (not
+/// a child something in nanny waits on itself) after SIGKILL: it is gone, not a
+/// zombie, once this returns.
+fn reap_killed(pids: &[i32]) {
+    let me = std::process::id() as i32;
+    let waited = crate::locks::lock(&WAITED_ON).clone().unwrap_or_default();
+    for pid in pids {
+        let ours = ProcStat::read(*pid).is_some_and(|stat| stat.parent == me);
+        if ours && !waited.contains(pid) {
+            // SAFETY: waitpid on a child of ours that was just sent SIGKILL;
+            // the reaper may have taken it first (ECHILD), which is as good.
+            unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
 /// The fields of `/proc/<pid>/stat` nanny needs.
 struct ProcStat {
     state: char,
@@ -185,14 +201,18 @@ pub async fn kill_launch(launch: &str) -> Vec<(i32, String)> {
             return Vec::new();
         }
         refused.clear();
+        let mut killed = Vec::new();
         for pid in pids {
             // SAFETY: kill(2) on a pid that carries this launch's id.
             if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
                 refused.push((pid, io::Error::last_os_error().to_string()));
+            } else {
+                killed.push(pid);
             }
         }
-        // A killed orphan of ours is a zombie until reaped: reap it now.
-        reap_orphans();
+        // A killed orphan of ours is a zombie until reaped: reap it before
+        // saying the launch is gone, so no zombie outlives the stop.
+        let _ = tokio::task::spawn_blocking(move || reap_killed(&killed)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let left = scan().await;
