@@ -41,6 +41,7 @@ wait_for() { # URL: until it answers, at most 60 s
 }
 
 backend_port="$(free_port)"
+cold_port="$(free_port)"
 nanny_port="$(free_port)"
 nginx_port="$(free_port)"
 litellm_port="$(free_port)"
@@ -56,6 +57,16 @@ backend = "mock"
 port = $backend_port
 models = ["bench"]
 settings = { models = ["bench"] }
+# Streams as fast as it can: the stream row measures the path, not the model.
+args = ["--tokens-per-second", "100000"]
+
+# Started by its first request, for the cold-start row.
+[services.cold]
+backend = "mock"
+port = $cold_port
+autostart = false
+models = ["cold"]
+settings = { models = ["cold"] }
 TOML
 "$nanny" up "$work/nanny.toml" > "$work/nanny.log" 2>&1 &
 pids+=($!)
@@ -142,6 +153,10 @@ if [[ -n "$litellm" ]]; then
   read -r litellm_rps litellm_p50 litellm_p99 <<<"$(measure "$litellm")"
 fi
 
+# Time to the first streamed event, and the cold-start overhead.
+first="$(python3 bench/first_bytes.py "$backend_port" "$nanny_port" cold "${BENCH_STREAM_ROUNDS:-500}" "${BENCH_COLD_ROUNDS:-10}")"
+field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$first" "$1"; }
+
 echo "wrk -t2 -c$connections -d$duration, POST /v1/chat/completions (4 tokens, not streamed), $(nproc) cores"
 echo
 printf '| %-22s | %12s | %10s | %10s |\n' "path" "requests/s" "p50 ms" "p99 ms"
@@ -161,3 +176,10 @@ awk -v n="$nanny_rps" -v x="$nginx_rps" -v l="${litellm_rps:-0}" \
   if (l > 0) printf "nanny/LiteLLM throughput: %.1fx (target >= 20)\n", n / l
   printf "nanny over direct: p50 +%.3f ms (target <= 0.1), p99 +%.3f ms (target <= 1)\n", np50 - dp50, np99 - dp99
 }'
+echo
+echo "Streaming, time to the first event (p50 / p99 ms, ${BENCH_STREAM_ROUNDS:-500} requests each, interleaved):"
+echo "direct $(field stream_direct_p50) / $(field stream_direct_p99); through nanny $(field stream_nanny_p50) / $(field stream_nanny_p99)"
+awk -v d="$(field stream_direct_p50)" -v n="$(field stream_nanny_p50)" 'BEGIN {
+  printf "nanny over direct, first event: p50 +%.3f ms (target within 1)\n", n - d }'
+echo "Cold start (${BENCH_COLD_ROUNDS:-10} requests for a stopped service): first byte p50 $(field cold_first_byte_p50) ms;"
+echo "nanny's overhead beyond the backend's own launch-to-ready: p50 $(field cold_overhead_p50) ms, max $(field cold_overhead_max) ms (target <= 20)"

@@ -151,7 +151,12 @@ fn bad_requests_get_openai_errors_and_start_nothing() {
         )
     };
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("application/json", b"not json".to_vec(), 400, "not JSON"),
+        (
+            "application/json",
+            b"not json".to_vec(),
+            400,
+            "not a JSON object",
+        ),
         (
             "application/json",
             br#"{"messages": []}"#.to_vec(),
@@ -544,7 +549,8 @@ fn nanny_infer_starts_the_model_and_streams_the_answer() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
-/// A tiny OpenAI-shaped backend that answers with the `Authorization` it saw.
+/// A tiny OpenAI-shaped backend that answers with the `Authorization` it saw,
+/// and whether that is the key it was started with (`{api_key}` on its command line).
 const ECHO_BACKEND: &str = r#"
 import http.server, json, sys
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -560,6 +566,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         seen = self.headers.get("Authorization", "none")
+        if seen == "Bearer " + sys.argv[2]:
+            seen += " (its own)"
         self.answer({"id": "echo", "object": "chat.completion", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": seen}}]})
     def log_message(self, *args):
@@ -618,7 +626,7 @@ api_keys_file = "keys"
 backend = "command"
 models = ["echo"]
 api_key = "sk-backend"
-settings = {{ command = ["python3", "-c", {:?}, "{{port}}"], health_path = "/health" }}
+settings = {{ command = ["python3", "-c", {:?}, "{{port}}", "{{api_key}}"], health_path = "/health" }}
 "#,
             port_range_line(),
             ECHO_BACKEND
@@ -629,8 +637,8 @@ settings = {{ command = ["python3", "-c", {:?}, "{{port}}"], health_path = "/hea
     daemon.expect(|line| line.starts_with("[echo] ready"));
     let out = nanny_tests::run_python(&python, KEYS, &[&format!("{}/v1", daemon.url)]);
     assert_eq!(
-        out["seen"], "Bearer sk-backend",
-        "the backend saw its own key only"
+        out["seen"], "Bearer sk-backend (its own)",
+        "the backend saw its own key only, the one `{{api_key}}` gave it"
     );
     assert_eq!(out["hashed"], "echo");
     assert_eq!(out["wrong"], 403);

@@ -359,23 +359,8 @@ impl Gateway {
     /// The service that serves `model`: configured names first, then the models
     /// backends reported; else a 404 naming close names.
     pub fn route(&self, model: &str) -> Result<Route, GatewayError> {
-        let services = self.supervisor.routable();
-        let configured = services
-            .iter()
-            .find(|(_, routable)| routable.names.iter().any(|name| name == model));
-        // Reported now, or when last ready (remembered across restarts too).
-        let reported = || {
-            services.iter().find(|(_, routable)| {
-                let status = &routable.status;
-                status.models.iter().any(|reported| reported.id == model)
-                    || status.last_models.iter().any(|id| id == model)
-            })
-        };
-        if let Some((service, routable)) = configured.or_else(reported) {
-            return Ok(Route {
-                service: service.clone(),
-                routable: routable.clone(),
-            });
+        if let Some((service, routable)) = self.supervisor.routable_for(model) {
+            return Ok(Route { service, routable });
         }
         let known: Vec<String> = self.models().into_iter().map(|model| model.id).collect();
         let hint = crate::config::did_you_mean(model, known.iter().map(String::as_str))

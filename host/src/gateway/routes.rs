@@ -255,7 +255,7 @@ async fn by_name(
                 name.escape_default()
             )));
         }
-        let routable = gateway.supervisor.routable().remove(&name).ok_or_else(|| {
+        let routable = gateway.supervisor.routable_named(&name).ok_or_else(|| {
             GatewayError::new(
                 StatusCode::NOT_FOUND,
                 "service_not_found",
@@ -337,10 +337,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
 }
 
 fn json_model(body: &[u8]) -> Result<String, GatewayError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|error| GatewayError::bad_request(format!("the body is not JSON: {error}")))?;
-    match value.get("model") {
-        Some(serde_json::Value::String(model)) => Ok(model.clone()),
+    /// Only `model` is kept: the rest is checked to be JSON and skipped.
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<serde_json::Value>,
+    }
+    let named: Named = serde_json::from_slice(body).map_err(|error| {
+        GatewayError::bad_request(format!("the body is not a JSON object: {error}"))
+    })?;
+    match named.model {
+        Some(serde_json::Value::String(model)) => Ok(model),
         Some(_) => Err(GatewayError::bad_request("`model` must be a string")),
         None => Err(GatewayError::bad_request(
             "the body names no `model`; GET /v1/models lists them",
@@ -486,6 +492,9 @@ mod tests {
             br#"{"messages":[]}"#,
             br#"{"model":7}"#,
             br#"[1,2]"#,
+            br#"[]"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"qwen""#,
         ] {
             assert_eq!(json_model(bad).unwrap_err().status, StatusCode::BAD_REQUEST);
         }

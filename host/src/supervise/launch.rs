@@ -229,11 +229,12 @@ impl Runner {
             ));
             extra.push(("NANNY_READY_TOKEN".into(), ready_token.to_string()));
         }
+        let secret = BackendKey(self.spec.api_key.as_deref());
         let with_extra = |env: &[(String, String)]| {
             let mut env: Vec<(String, String)> = env
                 .iter()
                 .filter(|(key, _)| !extra.iter().any(|(ours, _)| ours == key))
-                .cloned()
+                .map(|(key, value)| (key.clone(), secret.fill(value)))
                 .collect();
             env.extend(extra.iter().cloned());
             env
@@ -242,7 +243,7 @@ impl Runner {
         let what = match &plan.launch {
             Launch::Process(process) => LaunchWhat::Process(ProcessSpec {
                 program: process.program.clone(),
-                args: process.args.clone(),
+                args: secret.fill_all(&process.args),
                 env: with_extra(&process.env),
                 work_dir: process.work_dir.as_ref().map(PathBuf::from),
             }),
@@ -252,7 +253,7 @@ impl Runner {
                 service: name.clone(),
                 instance: String::new(),
                 image: container.image.clone(),
-                command: container.command.clone(),
+                command: secret.fill_all(&container.command),
                 env: with_extra(&container.env),
                 host: service.host.clone(),
                 host_port: service.port,
@@ -278,5 +279,42 @@ impl Runner {
             limits: self.spec.resources,
             what,
         }
+    }
+}
+
+/// The service's `api_key`, filled in where a plan says `{api_key}`. It is the
+/// host's to fill (plugins never see it), so a key in the configuration reaches
+/// the backend's command line or environment, and the gateway sends the same.
+struct BackendKey<'a>(Option<&'a str>);
+
+impl BackendKey<'_> {
+    const PLACEHOLDER: &'static str = "{api_key}";
+
+    fn fill(&self, word: &str) -> String {
+        match self.0 {
+            Some(key) if word.contains(Self::PLACEHOLDER) => word.replace(Self::PLACEHOLDER, key),
+            _ => word.to_string(),
+        }
+    }
+
+    fn fill_all(&self, words: &[String]) -> Vec<String> {
+        words.iter().map(|word| self.fill(word)).collect()
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::BackendKey;
+
+    #[test]
+    fn the_key_fills_its_placeholder_and_nothing_else() {
+        let key = BackendKey(Some("sk-backend"));
+        assert_eq!(
+            key.fill_all(&["--api-key".into(), "{api_key}".into(), "{port}".into()]),
+            ["--api-key", "sk-backend", "{port}"]
+        );
+        assert_eq!(key.fill("Bearer {api_key}"), "Bearer sk-backend");
+        // Without a key the word stays as written (the backend says what it lacks).
+        assert_eq!(BackendKey(None).fill("{api_key}"), "{api_key}");
     }
 }

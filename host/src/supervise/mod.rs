@@ -120,6 +120,23 @@ struct RouteSpec {
     drain_on_disconnect: bool,
 }
 
+impl ServiceHandle {
+    fn routable(&self) -> Routable {
+        let route = &self.route;
+        Routable {
+            host: route.host.clone(),
+            wants_gpus: route.wants_gpus,
+            names: route.names.clone(),
+            idle_timeout: route.idle_timeout,
+            startup_timeout: route.startup_timeout,
+            concurrency: route.concurrency,
+            api_key: route.api_key.clone(),
+            drain_on_disconnect: route.drain_on_disconnect,
+            status: self.status.borrow().clone(),
+        }
+    }
+}
+
 /// One service as the gateway sees it.
 #[derive(Debug, Clone)]
 pub struct Routable {
@@ -672,22 +689,34 @@ impl Supervisor {
         self.read()
             .services
             .iter()
-            .map(|(name, handle)| {
-                let route = &handle.route;
-                let routable = Routable {
-                    host: route.host.clone(),
-                    wants_gpus: route.wants_gpus,
-                    names: route.names.clone(),
-                    idle_timeout: route.idle_timeout,
-                    startup_timeout: route.startup_timeout,
-                    concurrency: route.concurrency,
-                    api_key: route.api_key.clone(),
-                    drain_on_disconnect: route.drain_on_disconnect,
-                    status: handle.status.borrow().clone(),
-                };
-                (name.clone(), routable)
-            })
+            .map(|(name, handle)| (name.clone(), handle.routable()))
             .collect()
+    }
+
+    /// The service that serves `model`, as the gateway routes to it: the one
+    /// that names it in its configuration, else the one whose backend reported
+    /// it (now, or when last ready). Only that one is copied out.
+    pub fn routable_for(&self, model: &str) -> Option<(String, Routable)> {
+        let topology = self.read();
+        let configured = topology
+            .services
+            .iter()
+            .find(|(_, handle)| handle.route.names.iter().any(|name| name == model));
+        let reported = || {
+            topology.services.iter().find(|(_, handle)| {
+                let status = handle.status.borrow();
+                status.models.iter().any(|reported| reported.id == model)
+                    || status.last_models.iter().any(|id| id == model)
+            })
+        };
+        configured
+            .or_else(reported)
+            .map(|(name, handle)| (name.clone(), handle.routable()))
+    }
+
+    /// One service, as the gateway routes to it.
+    pub fn routable_named(&self, name: &str) -> Option<Routable> {
+        self.read().services.get(name).map(ServiceHandle::routable)
     }
 
     /// Where this supervisor's figures go, for `/metrics` to render.
