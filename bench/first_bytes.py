@@ -71,7 +71,7 @@ control = http.client.HTTPConnection("127.0.0.1", nanny_port)
 
 
 def control_call(method, path):
-    control.request(method, path)
+    control.request(method, path, headers={"X-Nanny-Client": "bench"})
     response = control.getresponse()
     return response.status, response.read()
 

@@ -18,13 +18,18 @@ for tool in wrk nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "bench/gateway.sh needs $tool" >&2; exit 2; }
 done
 [[ -x "$nanny" ]] || { echo "no release nanny at $nanny: cargo build --release -p nanny" >&2; exit 2; }
+# The mock backend is `nanny mock-backend`, found on PATH.
+nanny="$(cd "$(dirname "$nanny")" && pwd)/$(basename "$nanny")"
+bin="$(mktemp -d)"
+ln -s "$nanny" "$bin/nanny"
+export PATH="$bin:$PATH"
 
 work="$(mktemp -d)"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "$bin"
 }
 trap cleanup EXIT
 

@@ -13,6 +13,7 @@ pub mod files;
 pub mod gateway;
 pub mod gpu;
 pub mod locks;
+pub mod mcp;
 pub mod metrics;
 pub mod mock_backend;
 pub mod names;

@@ -3,6 +3,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Every proxied request allocates a little (headers, buffers, labels) on
+/// whichever worker thread runs it; glibc's allocator spent an eighth of the
+/// gateway's time on that, mimalloc a fraction of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

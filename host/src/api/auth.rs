@@ -169,8 +169,11 @@ fn cross_site(request: &Request, must_be_non_simple: bool) -> Option<(StatusCode
     }
     let json = text(header::CONTENT_TYPE.as_str())
         .is_some_and(|kind| kind.trim_start().starts_with("application/json"));
-    let non_simple =
-        json || headers.contains_key(header::AUTHORIZATION) || headers.contains_key(CLIENT_HEADER);
+    // `Mcp-Session-Id` (an MCP client ending its session) needs a preflight too.
+    let non_simple = json
+        || headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(CLIENT_HEADER)
+        || headers.contains_key("mcp-session-id");
     if must_be_non_simple && !non_simple {
         let message = format!(
             "{} needs `Content-Type: application/json`, `Authorization` or an `{CLIENT_HEADER}` header, which a web page cannot send unasked",

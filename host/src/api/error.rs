@@ -91,7 +91,21 @@ impl From<SuperviseError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        Self::new(status, error.to_string())
+        let mut message = error.to_string();
+        if let SuperviseError::GpuConflict(conflict) = &error {
+            if !conflict.holders.is_empty() {
+                let holders: Vec<String> = conflict
+                    .holders
+                    .iter()
+                    .map(|holder| format!("`{holder}`"))
+                    .collect();
+                message.push_str(&format!(
+                    "; held by {}: `force` (`nanny start --force`, `?force=true`) stops them and takes the GPUs",
+                    holders.join(", ")
+                ));
+            }
+        }
+        Self::new(status, message)
     }
 }
 

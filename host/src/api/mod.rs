@@ -100,9 +100,58 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(error::as_json))
         .with_state(state.clone());
+    // The MCP server's tools call the control routes in-process (they are
+    // past the guard already: `/mcp` itself is behind it).
+    let mcp = crate::mcp::http_service(
+        Arc::new(InProcess(control.clone())),
+        state.listen,
+        state.closing.clone(),
+    );
     control
         .merge(gateway)
+        .route_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(state, auth::guard))
+}
+
+/// The control routes answering the MCP server's calls without a socket.
+struct InProcess(Router);
+
+/// The most of one in-process answer the MCP server reads.
+const MCP_ANSWER_LIMIT: usize = 16 << 20;
+
+impl crate::mcp::Daemon for InProcess {
+    fn call(
+        &self,
+        post: bool,
+        path: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<crate::mcp::Answer, String>> {
+        use tower_service::Service;
+        let mut router = self.0.clone();
+        Box::pin(async move {
+            let method = if post {
+                axum::http::Method::POST
+            } else {
+                axum::http::Method::GET
+            };
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(&path)
+                .body(axum::body::Body::empty())
+                .map_err(|error| format!("`{}` is no request: {error}", path.escape_default()))?;
+            let response = router
+                .call(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), MCP_ANSWER_LIMIT)
+                .await
+                .map_err(|error| format!("the answer could not be read: {error}"))?;
+            Ok(crate::mcp::Answer {
+                status,
+                body: body.to_vec(),
+            })
+        })
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -60,6 +60,9 @@ pub async fn serve(
             },
             _ = closed(&mut closing) => break,
         };
+        // Answers go out in small writes (headers, then each streamed chunk):
+        // Nagle's algorithm would hold the second until the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         // Reap finished connections as we go.
         while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(router.clone());

@@ -27,7 +27,20 @@ pub(super) fn checked(name: &str) -> Result<&str, ApiError> {
 }
 
 fn view(api: &ApiState, name: &str) -> Result<ServiceView, ApiError> {
-    Ok(ServiceView::from(&*api.supervisor.watch(name)?.borrow()))
+    let view = ServiceView::from(&*api.supervisor.watch(name)?.borrow());
+    Ok(with_mcp(api, view))
+}
+
+/// The view, with where nanny serves the service's MCP tools if it has any.
+fn with_mcp(api: &ApiState, mut view: ServiceView) -> ServiceView {
+    let offers_mcp = api
+        .supervisor
+        .routable_named(&view.name)
+        .is_some_and(|routable| routable.mcp_path.is_some());
+    if offers_mcp {
+        view.mcp = Some(format!("/mcp/services/{}", view.name));
+    }
+    view
 }
 
 /// Every service, in dependency order.
@@ -35,7 +48,12 @@ fn view(api: &ApiState, name: &str) -> Result<ServiceView, ApiError> {
     responses((status = 200, body = [ServiceView])))]
 pub async fn list(State(api): Api) -> Json<Vec<ServiceView>> {
     let statuses = api.supervisor.statuses();
-    Json(statuses.iter().map(ServiceView::from).collect())
+    Json(
+        statuses
+            .iter()
+            .map(|status| with_mcp(&api, ServiceView::from(status)))
+            .collect(),
+    )
 }
 
 /// One service.

@@ -153,6 +153,9 @@ pub async fn events(
         .iter()
         .map(EventView::from)
         .collect();
+    if !query.follow.unwrap_or(true) {
+        return Ok(sse("state", stream::iter(past)).into_response());
+    }
     let changes = stream::iter(past).chain(live(&api, feed).map(|change| EventView::from(&change)));
     Ok(sse("state", changes).into_response())
 }

@@ -62,6 +62,10 @@ pub struct ServiceView {
     /// Failed liveness probes in a row, when `unhealthy`.
     pub failed_probes: Option<u32>,
     pub models: Vec<ModelView>,
+    /// Where nanny serves this service's own MCP tools (`/mcp/services/{name}`),
+    /// when it is an MCP server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<String>,
 }
 
 impl From<&ServiceStatus> for ServiceView {
@@ -84,6 +88,7 @@ impl From<&ServiceStatus> for ServiceView {
             loading_percent: None,
             failed_probes: None,
             models: status.models.iter().map(ModelView::from).collect(),
+            mcp: None,
         };
         match &status.state {
             State::Failed { reason } | State::Waiting { reason } => {
@@ -312,6 +317,8 @@ pub struct EventsQuery {
     /// Only changes at or after this time (Unix milliseconds).
     #[param(minimum = 0)]
     pub since_unix_ms: Option<i64>,
+    /// `false`: the stream ends after the past changes; by default live ones follow.
+    pub follow: Option<bool>,
 }
 
 /// One Server-Sent Event as it travels: its name and its JSON.

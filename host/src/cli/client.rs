@@ -80,6 +80,29 @@ impl Client {
         read_json(response)
     }
 
+    /// A GET, or a POST without a body, answered whatever its status: the
+    /// status and the body (at most `limit` bytes).
+    pub fn raw(&self, post: bool, path: &str, limit: u64) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{path}", self.url);
+        let response = if post {
+            self.authorize(self.agent.post(url))
+                .header(crate::api::CLIENT_HEADER, "mcp")
+                .send_empty()
+        } else {
+            self.authorize(self.agent.get(url)).call()
+        }
+        .map_err(|error| self.unreachable(error))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(limit)
+            .read_to_end(&mut body)
+            .map_err(|error| ClientError::Garbled(error.to_string()))?;
+        Ok((status, body))
+    }
+
     /// POSTs `body` as JSON; the JSON answer.
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let response = self

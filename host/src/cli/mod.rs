@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod infer;
+mod mcp;
 mod plugins;
 mod remote;
 mod run;
@@ -34,6 +35,9 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// An MCP server on standard input and output, for assistants that start
+    /// MCP servers as commands: its tools talk to the daemon at `--url`.
+    Mcp,
     /// Run the daemon in the foreground: launch every service, watch, restart;
     /// Ctrl-C stops them all.
     Up {
@@ -209,6 +213,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins { action, json } => {
             plugins::run(action.unwrap_or(PluginsAction::List), json)
         }
+        Command::Mcp => mcp::run(client),
         Command::Up { config } => up::run(&config),
         Command::Run(args) => run::run(&args),
         Command::Config {

@@ -105,6 +105,9 @@ pub struct RawService {
     /// What a client going away mid-answer does upstream: `cancel` (the
     /// default) or `drain` (the backend finishes, its answer thrown away).
     pub on_disconnect: Option<OnDisconnect>,
+    /// `mcp = { path = "/mcp" }`: the service is an MCP server there; nanny
+    /// serves it at `/mcp/services/{name}`, started on demand.
+    pub mcp: Option<RawMcp>,
     #[serde(default = "loopback")]
     pub host: String,
     pub port: Option<u16>,
@@ -260,6 +263,13 @@ pub struct RawScheduling {
 pub enum OnDisconnect {
     Cancel,
     Drain,
+}
+
+/// Where a service that is an MCP server answers (Streamable HTTP).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    pub path: Spanned<String>,
 }
 
 /// Caps for each launch, through its cgroup or Docker.

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::error::{did_you_mean, Source};
 use super::file::{
-    RawConfig, RawDaemon, RawGateway, RawProbes, RawResources, RawRestart, RawScheduling,
+    RawConfig, RawDaemon, RawGateway, RawMcp, RawProbes, RawResources, RawRestart, RawScheduling,
     RawService,
 };
 use super::ConfigError;
@@ -120,6 +120,9 @@ fn check_service(
     }
     if let Some(resources) = table(service, "resources") {
         check(source, resources, fields_of::<RawResources>(), &[], found);
+    }
+    if let Some(mcp) = table(service, "mcp") {
+        check(source, mcp, fields_of::<RawMcp>(), &[], found);
     }
 }
 

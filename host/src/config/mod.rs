@@ -269,6 +269,7 @@ impl Config {
             let gpu = gpu_request(&source, declared, &mut errors);
             let health_path = health_path(&source, declared, &mut errors);
             let resources = resource_limits(&source, declared, &mut errors);
+            let mcp_path = mcp_path(&source, declared, &mut errors);
             let Some(port) = raw.port.or_else(|| ports.pick(&declared.name)) else {
                 errors.push(source.error(
                     declared.name_offset,
@@ -311,6 +312,7 @@ impl Config {
                     .collect(),
                 api_key: raw.api_key.clone(),
                 drain_on_disconnect: raw.on_disconnect == Some(file::OnDisconnect::Drain),
+                mcp_path,
                 concurrency: crate::supervise::Concurrency {
                     max: raw.max_concurrent.filter(|max| *max > 0),
                     queue: raw.queue.unwrap_or(true),
@@ -659,6 +661,35 @@ fn gpu_request(
 }
 
 /// `probes.path`, or a manifest's `health_endpoint` (not both); it must be a path.
+/// `mcp = { path = "/mcp" }`: an HTTP path, which requests' own paths follow.
+fn mcp_path(
+    source: &Source<'_>,
+    declared: &Declared,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let path = &declared.raw.mcp.as_ref()?.path;
+    let text = path.get_ref();
+    let fine = text.starts_with('/')
+        && !text.contains(['?', '#'])
+        && !text.split('/').any(|part| part == "..")
+        && !text.contains(|c: char| c.is_whitespace() || c.is_control());
+    if fine {
+        Some(text.trim_end_matches('/').to_string())
+            .filter(|path| !path.is_empty())
+            .or(Some("/".into()))
+    } else {
+        errors.push(source.error(
+            path.span().start,
+            declared.key("mcp.path"),
+            format!(
+                "`{}` must be an HTTP path starting with `/` (no query, no `..`)",
+                text.escape_default()
+            ),
+        ));
+        None
+    }
+}
+
 fn health_path(
     source: &Source<'_>,
     declared: &Declared,

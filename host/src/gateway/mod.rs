@@ -381,6 +381,21 @@ impl Gateway {
         ))
     }
 
+    /// The service called `name`, whatever it serves; else a 404.
+    pub fn route_named(&self, name: &str) -> Result<Route, GatewayError> {
+        let routable = self.supervisor.routable_named(name).ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "service_not_found",
+                format!("no service named `{name}`"),
+            )
+        })?;
+        Ok(Route {
+            service: name.to_string(),
+            routable,
+        })
+    }
+
     /// The service ready to take a request: started (with what it depends on)
     /// when it is not, and waited for; a start that fails answers 503 with why.
     pub async fn ready(&self, route: &Route) -> Result<ServiceStatus, GatewayError> {

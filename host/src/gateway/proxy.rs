@@ -20,9 +20,13 @@ pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 const POOL_IDLE: Duration = Duration::from_secs(4);
 
 pub fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    // A request goes out as headers then body: without this, Nagle's algorithm
+    // holds the body until the backend's delayed ACK (40 ms on Linux).
+    connector.set_nodelay(true);
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
-        .build_http()
+        .build(connector)
 }
 
 /// Headers that belong to one connection, not to the request or answer.
@@ -115,22 +119,31 @@ impl Drop for Recorder {
             self.figures.code = 499;
         }
         self.figures.duration = self.started.elapsed();
-        let tail = String::from_utf8_lossy(&self.tail);
-        if let Some(at) = tail.rfind("\"usage\"") {
-            let usage = &tail[at..];
-            let count = |key: &str| {
-                let after = &usage[usage.find(&format!("\"{key}\""))? + key.len() + 2..];
-                let digits = after.trim_start().strip_prefix(':')?.trim_start();
-                let end = digits
-                    .find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(digits.len());
-                digits[..end].parse().ok()
-            };
-            self.figures.tokens_in = count("prompt_tokens");
-            self.figures.tokens_out = count("completion_tokens");
+        if let Some(at) = rfind(&self.tail, b"\"usage\"") {
+            let usage = &self.tail[at..];
+            self.figures.tokens_in = count_after(usage, b"\"prompt_tokens\"");
+            self.figures.tokens_out = count_after(usage, b"\"completion_tokens\"");
         }
         self.metrics.observe_request(&self.figures);
     }
+}
+
+/// Where `needle` last occurs in `haystack`.
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .rposition(|window| window == needle)
+}
+
+/// The number after `"key":` in `json` (a `usage` object's text).
+fn count_after(json: &[u8], key: &[u8]) -> Option<u64> {
+    let at = json.windows(key.len()).position(|window| window == key)? + key.len();
+    let rest = json[at..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Sends `upstream` and streams the answer back; the request counts as in
@@ -269,5 +282,30 @@ impl Drop for Riding {
                 drop((in_flight, recorder));
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_are_read_from_the_end_of_an_answer() {
+        let answer = br#"data: {"usage": null}
+
+data: {"choices": [], "usage": {"prompt_tokens" : 12, "completion_tokens":7, "total_tokens": 19}}
+
+data: [DONE]"#;
+        let at = rfind(answer, b"\"usage\"").unwrap();
+        assert_eq!(count_after(&answer[at..], b"\"prompt_tokens\""), Some(12));
+        assert_eq!(
+            count_after(&answer[at..], b"\"completion_tokens\""),
+            Some(7)
+        );
+        assert_eq!(
+            count_after(b"{\"prompt_tokens\": \"x\"}", b"\"prompt_tokens\""),
+            None
+        );
+        assert_eq!(rfind(b"short", b"\"usage\""), None);
     }
 }

@@ -58,6 +58,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     router
         .route("/v1/services/{name}/proxy", any(by_name))
         .route("/v1/services/{name}/proxy/{*rest}", any(by_name))
+        .route("/mcp/services/{name}", any(by_mcp))
         // Bodies are read against `[gateway] max_body`, answering 413 in OpenAI's shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(gateway)
@@ -238,66 +239,110 @@ fn wants_stream(body: &[u8]) -> bool {
 async fn by_name(
     State(gateway): State<Arc<Gateway>>,
     Path(params): Path<Vec<(String, String)>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    let served = async {
-        let name = params
-            .iter()
-            .find(|(key, _)| key == "name")
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default();
-        if !crate::names::is_valid(&name) {
-            return Err(GatewayError::bad_request(format!(
-                "`{}` is not a service name",
-                name.escape_default()
-            )));
-        }
-        let routable = gateway.supervisor.routable_named(&name).ok_or_else(|| {
-            GatewayError::new(
-                StatusCode::NOT_FOUND,
-                "service_not_found",
-                format!("no service named `{name}`"),
-            )
-        })?;
-        let route = Route {
-            service: name.clone(),
-            routable,
-        };
+    to_named(gateway, &params, request, |name, _, uri| {
         // Everything after `/proxy`, query included.
         let prefix = format!("/v1/services/{name}/proxy");
         let rest = uri.path().strip_prefix(&prefix).unwrap_or_default();
-        let mut target = if rest.is_empty() {
-            "/".to_string()
-        } else {
-            rest.to_string()
-        };
-        if let Some(query) = uri.query() {
-            target = format!("{target}?{query}");
-        }
-        let slot = gateway.slot(&route).await?;
-        let in_flight = gateway.admit(&route).await?.holding(slot);
-        let status = gateway.ready(&route).await?;
-        let length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse().ok());
-        let upstream = Upstream {
-            host: &route.routable.host,
-            port: status.port,
-            method,
-            target: &target,
-            headers: &headers,
-            body,
-            length,
-            api_key: route.routable.api_key.as_deref(),
-            drain: gateway.drain_on_disconnect(&route),
-        };
-        let recorder = gateway.recorder(&name, "");
-        forward(&gateway.client, upstream, in_flight, recorder).await
+        Ok(with_query(if rest.is_empty() { "/" } else { rest }, uri))
+    })
+    .await
+}
+
+/// `/mcp/services/{name}`: a service that is an MCP server, at its `mcp.path`
+/// (Streamable HTTP passed through, streams intact), started on demand and
+/// stopped after its `idle_timeout` like any the gateway serves.
+async fn by_mcp(
+    State(gateway): State<Arc<Gateway>>,
+    Path(params): Path<Vec<(String, String)>>,
+    request: axum::extract::Request,
+) -> Response {
+    to_named(gateway, &params, request, |name, route, uri| {
+        let path = route.routable.mcp_path.as_deref().ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "not_an_mcp_server",
+                format!("`{name}` is no MCP server (it sets no `mcp = {{ path = \"/mcp\" }}`)"),
+            )
+        })?;
+        Ok(with_query(path, uri))
+    })
+    .await
+}
+
+/// A request for the service named in the path, forwarded as it came to where
+/// `target` says in that service.
+async fn to_named(
+    gateway: Arc<Gateway>,
+    params: &[(String, String)],
+    request: axum::extract::Request,
+    target: impl FnOnce(&str, &Route, &Uri) -> Result<String, GatewayError>,
+) -> Response {
+    let served = async {
+        let name = service_param(params)?;
+        let route = gateway.route_named(&name)?;
+        let (parts, body) = request.into_parts();
+        let target = target(&name, &route, &parts.uri)?;
+        to_service(&gateway, route, parts.method, &target, parts.headers, body).await
     };
     served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `{name}` of a path, checked to be a service name.
+fn service_param(params: &[(String, String)]) -> Result<String, GatewayError> {
+    let name = params
+        .iter()
+        .find(|(key, _)| key == "name")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    if crate::names::is_valid(&name) {
+        Ok(name)
+    } else {
+        Err(GatewayError::bad_request(format!(
+            "`{}` is not a service name",
+            name.escape_default()
+        )))
+    }
+}
+
+/// `path` with the request's query, if it has one.
+fn with_query(path: &str, uri: &Uri) -> String {
+    match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    }
+}
+
+/// Forwards a request as it came to `target` on the route's service, which
+/// is started (and waited for) when it is not running.
+async fn to_service(
+    gateway: &Arc<Gateway>,
+    route: Route,
+    method: Method,
+    target: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let slot = gateway.slot(&route).await?;
+    let in_flight = gateway.admit(&route).await?.holding(slot);
+    let status = gateway.ready(&route).await?;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse().ok());
+    let upstream = Upstream {
+        host: &route.routable.host,
+        port: status.port,
+        method,
+        target,
+        headers: &headers,
+        body,
+        length,
+        api_key: route.routable.api_key.as_deref(),
+        drain: gateway.drain_on_disconnect(&route),
+    };
+    let recorder = gateway.recorder(&route.service, "");
+    forward(&gateway.client, upstream, in_flight, recorder).await
 }
 
 /// What is read and thrown away of a body over the limit, so the client gets
@@ -309,12 +354,15 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     use futures_util::StreamExt;
     let mut chunks = body.into_data_stream();
+    // A small body comes in one chunk, kept as it is; more are joined.
+    let mut first: Option<Bytes> = None;
     let mut whole = Vec::new();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|error| {
             GatewayError::bad_request(format!("the request body could not be read: {error}"))
         })?;
-        if whole.len() + chunk.len() > limit {
+        let read = first.as_ref().map_or(0, Bytes::len) + whole.len();
+        if read + chunk.len() > limit {
             let mut drained = 0;
             let drain = async {
                 while let Some(Ok(chunk)) = chunks.next().await {
@@ -331,9 +379,17 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
                 format!("the request body is over the gateway's limit of {limit} bytes (`[gateway] max_body`)"),
             ));
         }
-        whole.extend_from_slice(&chunk);
+        match first.take() {
+            None if whole.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    whole.extend_from_slice(&earlier);
+                }
+                whole.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(Bytes::from(whole))
+    Ok(first.unwrap_or_else(|| Bytes::from(whole)))
 }
 
 fn json_model(body: &[u8]) -> Result<String, GatewayError> {

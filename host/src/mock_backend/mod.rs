@@ -123,6 +123,11 @@ pub async fn run(options: MockOptions) -> anyhow::Result<()> {
         )
         .await?;
     stdout.flush().await?;
+    // Like real servers (uvicorn, llama-server), no Nagle delay on small writes.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(stop_signal(options.ignore_sigterm))
         .await?;

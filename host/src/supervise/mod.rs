@@ -118,6 +118,7 @@ struct RouteSpec {
     concurrency: Concurrency,
     api_key: Option<String>,
     drain_on_disconnect: bool,
+    mcp_path: Option<String>,
 }
 
 impl ServiceHandle {
@@ -132,6 +133,7 @@ impl ServiceHandle {
             concurrency: route.concurrency,
             api_key: route.api_key.clone(),
             drain_on_disconnect: route.drain_on_disconnect,
+            mcp_path: route.mcp_path.clone(),
             status: self.status.borrow().clone(),
         }
     }
@@ -157,6 +159,8 @@ pub struct Routable {
     pub api_key: Option<String>,
     /// Whether an answer whose client went away runs on (`on_disconnect = "drain"`).
     pub drain_on_disconnect: bool,
+    /// Where the backend serves MCP, when it is an MCP server.
+    pub mcp_path: Option<String>,
     pub status: ServiceStatus,
 }
 
@@ -248,7 +252,7 @@ fn plan_order(specs: &[ServiceSpec]) -> Result<(Graph, Vec<String>), SuperviseEr
 /// service (a reload leaves it alone).
 fn fingerprint(spec: &ServiceSpec) -> String {
     format!(
-        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        "{:?}|{}@{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
         spec.service,
         spec.plugin.name(),
         spec.plugin.info.version,
@@ -263,7 +267,8 @@ fn fingerprint(spec: &ServiceSpec) -> String {
         spec.idle_stop,
         spec.concurrency,
         spec.api_key,
-        spec.drain_on_disconnect
+        spec.drain_on_disconnect,
+        spec.mcp_path
     )
 }
 
@@ -451,6 +456,7 @@ impl Supervisor {
                 concurrency: spec.concurrency,
                 api_key: spec.api_key.clone(),
                 drain_on_disconnect: spec.drain_on_disconnect,
+                mcp_path: spec.mcp_path.clone(),
             };
             let stop_reason = Arc::new(std::sync::Mutex::new(None));
             let runner = Runner::new(

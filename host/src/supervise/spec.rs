@@ -104,6 +104,8 @@ pub struct ServiceSpec {
     pub api_key: Option<String>,
     /// `on_disconnect = "drain"`: an answer whose client went away runs on.
     pub drain_on_disconnect: bool,
+    /// Where the backend serves MCP (Streamable HTTP), when it is an MCP server.
+    pub mcp_path: Option<String>,
 }
 
 /// `max_concurrent` and `queue`: requests in flight at once, and what happens
@@ -157,6 +159,7 @@ impl ServiceSpec {
             concurrency: Concurrency::default(),
             api_key: None,
             drain_on_disconnect: false,
+            mcp_path: None,
         }
     }
 }
