@@ -507,6 +507,11 @@ pub fn python_with(requirement: &str) -> PathBuf {
 /// 80 GB cards, reading and writing its files in `dir`; `config` is everything
 /// after the `[daemon]` table.
 pub fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
+    daemon_with_fake_gpus_and(dir, config, &[])
+}
+
+/// As [`daemon_with_fake_gpus`], with `env` for the daemon too.
+pub fn daemon_with_fake_gpus_and(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
     std::fs::write(
         dir.join("gpus.csv"),
         "0, GPU-fake-0, Fake H100, 81559, 0\n1, GPU-fake-1, Fake H100, 81559, 0\n",
@@ -520,15 +525,13 @@ pub fn daemon_with_fake_gpus(dir: &Path, config: &str) -> Daemon {
     let file = dir.join("nanny.toml");
     std::fs::write(&file, format!("[daemon]\n{}\n{config}", port_range_line())).unwrap();
     let fake_dir = dir.display().to_string();
-    Daemon::up_with(
-        &file,
-        dir,
-        &[
-            ("PATH", path.as_str()),
-            ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
-            ("NANNY_NO_NVML", "1"),
-        ],
-    )
+    let mut all = vec![
+        ("PATH", path.as_str()),
+        ("NANNY_FAKE_GPU_DIR", fake_dir.as_str()),
+        ("NANNY_NO_NVML", "1"),
+    ];
+    all.extend_from_slice(env);
+    Daemon::up_with(&file, dir, &all)
 }
 
 /// Runs a Python `script` with `python` and `args` (as `sys.argv[1:]`); what it
@@ -543,4 +546,28 @@ pub fn run_python(python: &Path, script: &str, args: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+/// Debian's Chromium (or another Chromium-family browser) on PATH, as a full
+/// path. `None` only outside CI: `.ci/run` installs it, and a test that needs
+/// it fails there without it.
+pub fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| {
+            Command::new(candidate)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: no chromium here (apt-get install chromium)");
+    }
+    found
 }

@@ -135,20 +135,7 @@ fn a_post_a_web_page_could_send_changes_nothing() {
 /// reports to its own server, and the service must still be up.
 #[test]
 fn a_page_in_a_real_browser_cannot_stop_a_service() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| {
-            Command::new(name)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: no chromium here (apt-get install chromium)");
+    let Some(chromium) = nanny_tests::chromium() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

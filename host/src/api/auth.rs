@@ -233,8 +233,9 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
     }
     let path = request.uri().path();
     let ready_callback = path.starts_with("/v1/services/") && path.ends_with("/ready");
-    // /health is open; a ready callback carries its own per-launch token.
-    let open = path == "/health" || ready_callback;
+    // /health and the dashboard's files (no data) are open; a ready callback
+    // carries its own per-launch token.
+    let open = path == "/health" || ready_callback || super::ui::is_ui_path(path);
     // The gateway's routes also take the gateway's API keys.
     let gateway = crate::gateway::routes::is_gateway_path(path);
     let keys = gateway && !access.api_keys.is_empty();

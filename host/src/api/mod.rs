@@ -8,6 +8,7 @@ mod serve;
 mod services;
 mod streams;
 mod system;
+mod ui;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -96,6 +97,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/services/{name}/ready", post(services::ready))
         .route("/v1/services/{name}/logs", get(streams::logs))
         .route("/v1/services/{name}/models", get(services::models))
+        .merge(ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(error::as_json))
