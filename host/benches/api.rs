@@ -60,6 +60,7 @@ fn main() {
             ready_calls: api::RateLimit::default(),
             reload: None,
             gateway: nanny::gateway::Gateway::new(supervisor.clone(), Default::default()),
+            catalog: Default::default(),
         });
         tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
         (address, supervisor, closing)

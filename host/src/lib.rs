@@ -6,6 +6,7 @@
 //! `names` is the one naming rule.
 
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,5 +1,5 @@
-// One service: what it is, its logs following live (search, pause), its
-// recent events and its models.
+// One service: what it is, its resolved configuration, its logs following
+// live (search, pause), its recent events and its models.
 
 import { get, stream, escape, state, since } from "./api.js";
 import { act } from "./services.js";
@@ -10,6 +10,7 @@ export async function render(root, name, signal) {
     <p><button data-act="start">start</button><button data-act="stop">stop</button><button data-act="restart">restart</button>
     <span class="error" id="problem"></span></p>
     <table id="about"></table>
+    <details><summary>Configuration, as resolved</summary><pre class="log" id="config"></pre></details>
     <h3>Models</h3><ul id="models"></ul>
     <h3>Logs</h3>
     <p><input id="search" type="search" placeholder="search the log"> <label><input id="pause" type="checkbox"> pause</label></p>
@@ -30,6 +31,9 @@ export async function render(root, name, signal) {
       || "<li class=muted>none reported</li>";
   };
   await describe();
+  get(`${path}/config`).then((config) => {
+    root.querySelector("#config").textContent = JSON.stringify(config, null, 2);
+  }).catch(() => {});
   const problem = root.querySelector("#problem");
   root.querySelectorAll("button[data-act]").forEach((button) => button.addEventListener("click", () => {
     problem.textContent = "";

@@ -571,3 +571,36 @@ pub fn chromium() -> Option<PathBuf> {
     }
     found
 }
+
+/// llama.cpp's `llama-server` and a tiny random-weight GGUF model, built once by
+/// `tests/real-backends/llama-server.sh` and cached outside the clone.
+pub struct LlamaCpp {
+    pub server: PathBuf,
+    pub model: PathBuf,
+}
+
+pub fn llama_cpp() -> &'static LlamaCpp {
+    static BUILT: OnceLock<LlamaCpp> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("tests/real-backends/llama-server.sh");
+        let output = Command::new(&script).output().expect("run llama-server.sh");
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let path = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("no `{key}` in {stdout}"))
+        };
+        LlamaCpp {
+            server: path("server="),
+            model: path("model="),
+        }
+    })
+}

@@ -19,6 +19,8 @@ settings = { models = ["tiny-embed"] }
 backend = "mock"
 depends_on = ["embeddings"]
 settings = { models = ["tiny-chat"] }
+env = { HF_TOKEN = "hf-secret" }
+api_key = "sk-backend-secret"
 "#;
 
 /// A daemon on `config`, with both services of TWO_MOCKS ready.
@@ -460,4 +462,24 @@ fn without_a_daemon_the_cli_says_where_it_looked() {
         stderr.contains(&url) && stderr.contains("`nanny up` starts one"),
         "{stderr}"
     );
+}
+
+/// A service's configuration as resolved, with what may be secret hidden.
+#[test]
+fn a_service_config_is_resolved_and_keeps_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = two_mocks(dir.path(), &[]);
+    let (status, config) = get(&daemon, "/v1/services/chat/config");
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["backend"], "mock");
+    assert_eq!(config["depends_on"][0]["service"], "embeddings");
+    assert!(
+        config["port"].as_u64().is_some_and(|port| port > 0),
+        "{config}"
+    );
+    assert_eq!(config["env"]["HF_TOKEN"], "(hidden)");
+    assert_eq!(config["api_key"], "(hidden)");
+    assert!(!config.to_string().contains("secret"), "{config}");
+    let (status, _) = get(&daemon, "/v1/services/nobody/config");
+    assert_eq!(status, 404);
 }

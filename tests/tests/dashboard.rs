@@ -70,6 +70,8 @@ def log_follows():
     # One more `listening on` than before: printed after the page loaded.
     expect(page.locator("#log")).to_have_text(re.compile("(listening on[\\s\\S]*){%d}" % (before + 1)), timeout=30000)
     out["lines_before"] = before
+    page.locator("summary").click()
+    expect(page.locator("#config")).to_contain_text('"backend": "mock"')
     expect(page.locator("#state [data-state]")).to_have_text("ready", timeout=30000)
     picture("service")
 step("logs", log_follows)

@@ -5,48 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use nanny::plugin::{Catalog, Limits, PluginEngine, Service, Setting, Value};
 use nanny::supervise::{ServiceSpec, State, Supervisor, SupervisorOptions};
-use nanny_tests::{is_running, until_within, workspace};
+use nanny_tests::{is_running, llama_cpp, until_within};
 
 /// Loading the tiny model takes a second; the first run also builds llama-server.
 const LIMIT: Duration = Duration::from_secs(120);
-
-struct LlamaCpp {
-    server: PathBuf,
-    model: PathBuf,
-}
-
-fn llama_cpp() -> &'static LlamaCpp {
-    static BUILT: OnceLock<LlamaCpp> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = workspace().join("tests/real-backends/llama-server.sh");
-        let output = Command::new(&script).output().expect("run llama-server.sh");
-        assert!(
-            output.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let path = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| panic!("no `{key}` in {stdout}"))
-        };
-        LlamaCpp {
-            server: path("server="),
-            model: path("model="),
-        }
-    })
-}
 
 fn spec(name: &str, model: &str) -> ServiceSpec {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub reload: Option<ReloadHook>,
     /// The OpenAI-compatible routes on the same listener.
     pub gateway: Arc<crate::gateway::Gateway>,
+    /// The models on this machine's disks (`[catalog]`).
+    pub catalog: crate::catalog::Shelf,
 }
 
 /// How the API asks for a reload: the daemon knows where its configuration is.
@@ -88,6 +90,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/gpus", get(system::gpus))
         .route("/v1/reload", post(system::reload))
         .route("/v1/models", get(services::all_models))
+        .route("/v1/catalog", get(services::catalog))
         .route("/v1/events", get(streams::events))
         .route("/v1/services", get(services::list))
         .route("/v1/services/{name}", get(services::one))
@@ -97,6 +100,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/services/{name}/ready", post(services::ready))
         .route("/v1/services/{name}/logs", get(streams::logs))
         .route("/v1/services/{name}/models", get(services::models))
+        .route("/v1/services/{name}/config", get(services::config))
         .merge(ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -12,7 +12,7 @@ use super::{services, streams, system};
     paths(
         system::health, system::info, system::plugins, system::gpus, system::metrics, system::openapi,
         system::reload,
-        services::list, services::one, services::models, services::all_models,
+        services::list, services::one, services::models, services::config, services::all_models, services::catalog,
         services::start, services::stop, services::restart, services::ready,
         streams::logs, streams::events,
     ),

@@ -65,6 +65,19 @@ pub async fn one(State(api): Api, Path(name): Path<String>) -> Result<Json<Servi
     Ok(Json(view(&api, checked(&name)?)?))
 }
 
+/// How a service was configured, as nanny resolved it: defaults filled in,
+/// its port assigned; environment values and the backend's key hidden.
+#[utoipa::path(get, path = "/v1/services/{name}/config", tag = "services",
+    params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$")),
+    responses((status = 200, description = "The resolved configuration", body = Object),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn config(
+    State(api): Api,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(api.supervisor.resolved_config(checked(&name)?)?))
+}
+
 /// The models a ready service serves, as its plugin read them.
 #[utoipa::path(get, path = "/v1/services/{name}/models", tag = "services",
     params(("name" = String, Path, description = "The service's name", pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$")),
@@ -78,7 +91,8 @@ pub async fn models(
 }
 
 /// Every model clients can ask the gateway for, running or not, in OpenAI's
-/// list shape (`owned_by` is the service; `status` its state).
+/// list shape (`owned_by` is the service; `status` its state); the catalog's
+/// models no service claims are `available`, owned by `catalog`.
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, body = ModelList)))]
 pub async fn all_models(State(api): Api) -> Json<ModelList> {
@@ -93,11 +107,32 @@ pub async fn all_models(State(api): Api) -> Json<ModelList> {
             owned_by: model.service,
             status: model.status.to_string(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Catalog models no service claims: servable, not served yet.
+    let mut data = data;
+    for model in &api.catalog.read().models {
+        if !data.iter().any(|listed| listed.id == model.id) {
+            data.push(OpenAiModel {
+                id: model.id.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "catalog".into(),
+                status: "available".into(),
+            });
+        }
+    }
     Json(ModelList {
         object: "list".into(),
         data,
     })
+}
+
+/// The models the catalog found on this machine's disks (`[catalog]`), with
+/// what their GGUF headers say, and what it could not read, per entry.
+#[utoipa::path(get, path = "/v1/catalog", tag = "models",
+    responses((status = 200, description = "`models` and `problems`", body = Object)))]
+pub async fn catalog(State(api): Api) -> Json<crate::catalog::ModelCatalog> {
+    Json(api.catalog.read().clone())
 }
 
 /// What a `?wait=true` action waits for.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::plugin::{Catalog, Value};
+use crate::plugin::Catalog;
 use crate::supervise::ServiceSpec;
 
 /// A configuration checked against the plugins it names.
@@ -69,45 +69,7 @@ pub fn show(path: &Path, as_json: bool) -> ExitCode {
         Ok(checked) => checked,
         Err(code) => return code,
     };
-    let services: Vec<_> = specs
-        .iter()
-        .map(|spec| {
-            let settings: serde_json::Map<String, serde_json::Value> =
-                spec.service.settings.iter().map(|setting| (setting.key.clone(), value_json(&setting.value))).collect();
-            json!({
-                "name": spec.service.name,
-                "backend": spec.plugin.name(),
-                "host": spec.service.host,
-                "port": spec.service.port,
-                "model": spec.service.model,
-                "args": spec.service.args,
-                "env": spec.service.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "work_dir": spec.service.work_dir,
-                "description": spec.description,
-                "autostart": spec.autostart,
-                "idle_stop_s": spec.idle_stop.map(|d| d.as_secs_f64()),
-                "cpu_limit": spec.resources.cpus,
-                "memory_limit_bytes": spec.resources.memory_bytes,
-                "depends_on": spec.depends_on.iter().map(|(name, condition)| json!({"service": name, "condition": condition})).collect::<Vec<_>>(),
-                "restart": {
-                    "policy": spec.restart.mode,
-                    "max_restarts": spec.restart.max_restarts,
-                    "backoff_s": spec.restart.backoff.initial.as_secs_f64(),
-                    "max_backoff_s": spec.restart.backoff.max.as_secs_f64(),
-                    "reset_after_s": spec.restart.backoff.reset_after.as_secs_f64(),
-                },
-                "startup_timeout_s": spec.startup_timeout.as_secs_f64(),
-                "probes": {
-                    "path": spec.probes.path,
-                    "readiness_period_s": spec.probes.readiness_period.map(|d| d.as_secs_f64()),
-                    "liveness_period_s": spec.probes.liveness_period.map(|d| d.as_secs_f64()),
-                    "liveness_timeout_s": spec.probes.liveness_timeout.map(|d| d.as_secs_f64()),
-                },
-                "gpu": spec.gpu,
-                "settings": settings,
-            })
-        })
-        .collect();
+    let services: Vec<_> = specs.iter().map(|spec| spec.resolved(false)).collect();
     let resolved = json!({"file": config.path, "daemon": config.daemon, "services": services});
     if as_json {
         println!(
@@ -124,14 +86,4 @@ pub fn show(path: &Path, as_json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-fn value_json(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Text(text) => json!(text),
-        Value::Integer(number) => json!(number),
-        Value::Float(number) => json!(number),
-        Value::Boolean(flag) => json!(flag),
-        Value::List(items) => json!(items),
-    }
 }

@@ -96,6 +96,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The models on this machine's disks (`[catalog]`): id, size, template,
+    /// what their GGUF headers say, the VRAM they would need.
+    Models {
+        #[arg(long)]
+        json: bool,
+        /// What the catalog found and could not read, one line each.
+        #[arg(long)]
+        errors: bool,
+    },
     /// The GPUs: memory, leases and their holders.
     Gpus {
         #[arg(long)]
@@ -200,6 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             remote(act(&client, verb, action))
         }
         Command::Gpus { json } => remote(remote::gpus(&client, json)),
+        Command::Models { json, errors } => remote(remote::models(&client, json, errors)),
         Command::Stop(action) => remote(act(&client, remote::Verb::Stop, action)),
         Command::Restart(action) => remote(act(&client, remote::Verb::Restart, action)),
         Command::Logs {

@@ -380,6 +380,64 @@ impl Drop for Spinner {
     }
 }
 
+/// `nanny models`: the catalog's models as a table, or (`--errors`) what it
+/// could not read.
+pub fn models(client: &Client, json: bool, errors: bool) -> Result<ExitCode, ClientError> {
+    let catalog: serde_json::Value = client.get("/v1/catalog")?;
+    if json {
+        print_json(&catalog);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if errors {
+        for problem in catalog["problems"].as_array().into_iter().flatten() {
+            println!("{}: {}", text(&problem["path"]), text(&problem["problem"]));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 8]> = catalog["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|model| {
+            let gguf = &model["gguf"];
+            let size = model["size_bytes"].as_u64().unwrap_or(0);
+            let parameters = gguf["parameters"].as_u64().map_or_else(
+                || "-".to_string(),
+                |count| format!("{:.2}B", count as f64 / 1e9),
+            );
+            [
+                text(&model["id"]),
+                format!("{:.1} GiB", size as f64 / f64::from(1u32 << 30)),
+                text(&model["template"]),
+                text(&gguf["architecture"]),
+                parameters,
+                text(&gguf["quantisation"]),
+                model["vram_estimate_mib"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |mib| format!("{mib} MiB")),
+                text(&model["path"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            ["ID", "SIZE", "TEMPLATE", "ARCH", "PARAMS", "QUANT", "VRAM", "PATH"],
+            &rows
+        )
+    );
+    let problems = catalog["problems"].as_array().map_or(0, Vec::len);
+    if problems > 0 {
+        eprintln!("{problems} entr(ies) could not be read: `nanny models --errors`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::human;

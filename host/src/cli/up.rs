@@ -121,6 +121,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let (closing, closed) = watch::channel(false);
         let gateway = Gateway::new(supervisor.clone(), config.gateway.clone());
         tokio::spawn(gateway.clone().stop_idle_services());
+        let shelf = crate::catalog::Shelf::default();
+        if !config.catalog.is_empty() {
+            let catalog = config.catalog.clone();
+            shelf.rescan(catalog.places, catalog.templates).await;
+            let found = shelf.read().models.len();
+            say!("nanny: the catalog has {found} model(s) (`nanny models`)");
+        }
         let api = Arc::new(ApiState {
             supervisor: supervisor.clone(),
             plugins: catalog
@@ -132,8 +139,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             access,
             closing: closed.clone(),
             ready_calls: api::RateLimit::default(),
-            reload: Some(reload_hook(supervisor.clone(), path.to_path_buf())),
+            reload: Some(reload_hook(
+                supervisor.clone(),
+                shelf.clone(),
+                path.to_path_buf(),
+            )),
             gateway,
+            catalog: shelf.clone(),
         });
         let limits = api::ConnectionLimits {
             max_connections: config.daemon.max_connections,
@@ -155,7 +167,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => {
                     say!("nanny: SIGHUP: reloading {}", path.display());
-                    match reload_from(&supervisor, path).await {
+                    match reload_from(&supervisor, &shelf, path).await {
                         Ok(report) => say!("nanny: {}", describe_reload(&report)),
                         Err(message) => say!("nanny: reload refused, nothing changed:\n{message}"),
                     }
@@ -190,7 +202,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// Re-reads `path` (and its services directory) and applies it; the daemon's
 /// own settings (address, state directory, token) take effect at the next start.
-async fn reload_from(supervisor: &Supervisor, path: &Path) -> Result<ReloadReport, String> {
+async fn reload_from(
+    supervisor: &Supervisor,
+    shelf: &crate::catalog::Shelf,
+    path: &Path,
+) -> Result<ReloadReport, String> {
     let owned = path.to_path_buf();
     let metrics = supervisor.metrics().clone();
     let checked =
@@ -200,16 +216,22 @@ async fn reload_from(supervisor: &Supervisor, path: &Path) -> Result<ReloadRepor
     if let Err(error) = checked.config.remember_ports(&checked.specs) {
         tracing::warn!("cannot remember the ports picked: {error}");
     }
+    let catalog = checked.config.catalog.clone();
+    shelf.rescan(catalog.places, catalog.templates).await;
     supervisor
         .reload(checked.specs)
         .await
         .map_err(|error| error.to_string())
 }
 
-fn reload_hook(supervisor: Arc<Supervisor>, path: PathBuf) -> api::ReloadHook {
+fn reload_hook(
+    supervisor: Arc<Supervisor>,
+    shelf: crate::catalog::Shelf,
+    path: PathBuf,
+) -> api::ReloadHook {
     Arc::new(move || {
-        let (supervisor, path) = (supervisor.clone(), path.clone());
-        Box::pin(async move { reload_from(&supervisor, &path).await })
+        let (supervisor, shelf, path) = (supervisor.clone(), shelf.clone(), path.clone());
+        Box::pin(async move { reload_from(&supervisor, &shelf, &path).await })
     })
 }
 

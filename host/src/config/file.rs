@@ -23,6 +23,46 @@ pub struct RawConfig {
     pub gpus: Vec<crate::gpu::DeclaredGpu>,
     #[serde(default)]
     pub gateway: RawGateway,
+    /// `[catalog]`: the models on this machine's disks.
+    #[serde(default)]
+    pub catalog: RawCatalog,
+}
+
+/// `[catalog]`: where models are, and how each kind is served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// Scanned recursively; `NANNY_CATALOG_DIRS` (`:`-separated) adds more.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Also the local Hugging Face hub cache (`$HF_HOME/hub`), read only.
+    #[serde(default)]
+    pub huggingface_cache: bool,
+    /// `[[catalog.templates]]`: the first whose `match` fits serves a model.
+    #[serde(default)]
+    pub templates: Vec<RawTemplate>,
+}
+
+/// How to serve one kind of model found in the catalog. The service keys are
+/// checked now (the backend must exist) and used once catalog models are
+/// started on demand, which nanny does not do yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawTemplate {
+    /// A glob on file names (`*.gguf`), or `dir:<glob>` on the names of
+    /// folders holding a `config.json`.
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub backend: Spanned<String>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub idle_timeout: Option<Duration>,
+    pub gpus: Option<toml::Value>,
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Keep the service listed (`nanny ps`) once it is stopped and idle.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// `[gateway]`: the OpenAI-compatible endpoint on the daemon's listener.

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::error::{did_you_mean, Source};
 use super::file::{
-    RawConfig, RawDaemon, RawGateway, RawMcp, RawProbes, RawResources, RawRestart, RawScheduling,
-    RawService,
+    RawCatalog, RawConfig, RawDaemon, RawGateway, RawMcp, RawProbes, RawResources, RawRestart,
+    RawScheduling, RawService, RawTemplate,
 };
 use super::ConfigError;
 use crate::gpu::DeclaredGpu;
@@ -65,6 +65,22 @@ pub(super) fn unknown_in_config(source: &Source<'_>) -> Vec<ConfigError> {
     }
     if let Some(gateway) = table(root, "gateway") {
         check(source, gateway, fields_of::<RawGateway>(), &[], &mut found);
+    }
+    if let Some(catalog) = table(root, "catalog") {
+        check(source, catalog, fields_of::<RawCatalog>(), &[], &mut found);
+        if let Some(DeValue::Array(templates)) = catalog.get("templates").map(Spanned::get_ref) {
+            for template in templates.iter() {
+                if let DeValue::Table(template) = template.get_ref() {
+                    check(
+                        source,
+                        template,
+                        fields_of::<RawTemplate>(),
+                        &[],
+                        &mut found,
+                    );
+                }
+            }
+        }
     }
     if let Some(services) = table(root, "services") {
         for service in services.values() {

@@ -83,6 +83,10 @@ pub struct Config {
     /// `[[gpus]]`, used when nvidia-smi does not answer.
     pub declared_gpus: Vec<crate::gpu::DeclaredGpu>,
     pub gateway: GatewayConfig,
+    /// Where the model catalog looks, and its templates' matches.
+    pub catalog: CatalogConfig,
+    /// The templates as written, for what is checked against the plugins.
+    raw_templates: Vec<file::RawTemplate>,
     text: String,
     manifests: Vec<ManifestFile>,
     services: Vec<Declared>,
@@ -212,6 +216,7 @@ impl Config {
                 },
             },
         };
+        let catalog = catalog_config(&source, path, &raw.catalog, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -219,6 +224,8 @@ impl Config {
             path: path.to_path_buf(),
             daemon,
             gateway,
+            catalog,
+            raw_templates: raw.catalog.templates,
             declared_gpus: raw.gpus,
             text,
             manifests,
@@ -248,6 +255,22 @@ impl Config {
             self.services.iter().filter_map(|s| s.raw.port),
             self.remembered_ports(),
         );
+        // A template names a backend that exists.
+        for (index, template) in self.raw_templates.iter().enumerate() {
+            let backend = template.backend.get_ref();
+            if catalog.get(backend).is_none() {
+                let source = Source {
+                    path: &self.path,
+                    text: &self.text,
+                    yaml: None,
+                };
+                errors.push(source.error(
+                    template.backend.span().start,
+                    format!("catalog.templates[{index}].backend"),
+                    format!("no backend named `{backend}`"),
+                ));
+            }
+        }
         for declared in &self.services {
             let source = self.source_of(declared);
             let raw = &declared.raw;
@@ -661,6 +684,64 @@ fn gpu_request(
 }
 
 /// `probes.path`, or a manifest's `health_endpoint` (not both); it must be a path.
+/// The model catalog's places and templates, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogConfig {
+    pub places: crate::catalog::Places,
+    pub templates: Vec<crate::catalog::Template>,
+}
+
+impl CatalogConfig {
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+}
+
+/// `[catalog]`: relative folders are the configuration file's; a template's
+/// context is its settings' `ctx_size` or `max_model_len`.
+fn catalog_config(
+    source: &Source<'_>,
+    path: &Path,
+    raw: &file::RawCatalog,
+    errors: &mut Vec<ConfigError>,
+) -> CatalogConfig {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut dirs: Vec<PathBuf> = raw.dirs.iter().map(|dir| base.join(dir)).collect();
+    if let Some(more) = std::env::var_os("NANNY_CATALOG_DIRS") {
+        dirs.extend(std::env::split_paths(&more).filter(|dir| !dir.as_os_str().is_empty()));
+    }
+    let mut templates = Vec::new();
+    for (index, template) in raw.templates.iter().enumerate() {
+        let pattern = template.pattern.get_ref();
+        let glob = pattern.strip_prefix("dir:").unwrap_or(pattern);
+        if glob.is_empty() || glob.contains('/') {
+            errors.push(source.error(
+                template.pattern.span().start,
+                format!("catalog.templates[{index}].match"),
+                format!("`{pattern}` must be a glob on a file name (`*.gguf`) or `dir:` and one on a folder's (`dir:*`)"),
+            ));
+        }
+        let context = ["ctx_size", "max_model_len"]
+            .iter()
+            .find_map(|key| template.settings.get(*key)?.as_integer())
+            .and_then(|context| u64::try_from(context).ok());
+        templates.push(crate::catalog::Template {
+            pattern: pattern.clone(),
+            context,
+        });
+    }
+    CatalogConfig {
+        places: crate::catalog::Places {
+            dirs,
+            huggingface_hub: raw
+                .huggingface_cache
+                .then(crate::catalog::Places::huggingface_hub_from_env)
+                .flatten(),
+        },
+        templates,
+    }
+}
+
 /// `mcp = { path = "/mcp" }`: an HTTP path, which requests' own paths follow.
 fn mcp_path(
     source: &Source<'_>,

@@ -103,6 +103,8 @@ struct ServiceHandle {
     fingerprint: String,
     /// What the gateway needs to know of it.
     route: RouteSpec,
+    /// The spec as `GET /v1/services/{name}/config` shows it (secrets hidden).
+    resolved: serde_json::Value,
     /// Why the next stop happens, for its events (shared with its runner).
     stop_reason: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -458,6 +460,7 @@ impl Supervisor {
                 drain_on_disconnect: spec.drain_on_disconnect,
                 mcp_path: spec.mcp_path.clone(),
             };
+            let resolved = spec.resolved(true);
             let stop_reason = Arc::new(std::sync::Mutex::new(None));
             let runner = Runner::new(
                 spec,
@@ -478,6 +481,7 @@ impl Supervisor {
                     task,
                     fingerprint,
                     route,
+                    resolved,
                     stop_reason,
                 },
             );
@@ -718,6 +722,11 @@ impl Supervisor {
         configured
             .or_else(reported)
             .map(|(name, handle)| (name.clone(), handle.routable()))
+    }
+
+    /// How a service was configured, resolved (secrets hidden).
+    pub fn resolved_config(&self, name: &str) -> Result<serde_json::Value, SuperviseError> {
+        self.with_handle(name, |handle| handle.resolved.clone())
     }
 
     /// One service, as the gateway routes to it.

@@ -108,6 +108,84 @@ pub struct ServiceSpec {
     pub mcp_path: Option<String>,
 }
 
+impl ServiceSpec {
+    /// The service as nanny resolved it from its configuration (defaults
+    /// filled in, ports assigned), for people: `nanny config show` and
+    /// `GET /v1/services/{name}/config`. `redact` hides what may be secret
+    /// (environment values, the backend's key) from API callers.
+    pub fn resolved(&self, redact: bool) -> serde_json::Value {
+        use serde_json::json;
+        let hidden = |value: &str| {
+            if redact {
+                "(hidden)".to_string()
+            } else {
+                value.to_string()
+            }
+        };
+        let settings: serde_json::Map<String, serde_json::Value> = self
+            .service
+            .settings
+            .iter()
+            .map(|setting| (setting.key.clone(), setting_json(&setting.value)))
+            .collect();
+        let env: std::collections::BTreeMap<&str, String> = self
+            .service
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_str(), hidden(value)))
+            .collect();
+        json!({
+            "name": self.service.name,
+            "backend": self.plugin.name(),
+            "host": self.service.host,
+            "port": self.service.port,
+            "model": self.service.model,
+            "models": self.models,
+            "args": self.service.args,
+            "env": env,
+            "work_dir": self.service.work_dir,
+            "description": self.description,
+            "autostart": self.autostart,
+            "idle_stop_s": self.idle_stop.map(|d| d.as_secs_f64()),
+            "max_concurrent": self.concurrency.max,
+            "queue": self.concurrency.queue,
+            "api_key": self.api_key.as_deref().map(hidden),
+            "on_disconnect": if self.drain_on_disconnect { "drain" } else { "cancel" },
+            "mcp_path": self.mcp_path,
+            "cpu_limit": self.resources.cpus,
+            "memory_limit_bytes": self.resources.memory_bytes,
+            "depends_on": self.depends_on.iter().map(|(name, condition)| json!({"service": name, "condition": condition})).collect::<Vec<_>>(),
+            "restart": {
+                "policy": self.restart.mode,
+                "max_restarts": self.restart.max_restarts,
+                "backoff_s": self.restart.backoff.initial.as_secs_f64(),
+                "max_backoff_s": self.restart.backoff.max.as_secs_f64(),
+                "reset_after_s": self.restart.backoff.reset_after.as_secs_f64(),
+            },
+            "startup_timeout_s": self.startup_timeout.as_secs_f64(),
+            "probes": {
+                "path": self.probes.path,
+                "readiness_period_s": self.probes.readiness_period.map(|d| d.as_secs_f64()),
+                "liveness_period_s": self.probes.liveness_period.map(|d| d.as_secs_f64()),
+                "liveness_timeout_s": self.probes.liveness_timeout.map(|d| d.as_secs_f64()),
+            },
+            "gpu": self.gpu,
+            "settings": settings,
+        })
+    }
+}
+
+fn setting_json(value: &crate::plugin::Value) -> serde_json::Value {
+    use crate::plugin::Value;
+    match value {
+        Value::Text(text) => serde_json::json!(text),
+        Value::Integer(number) => serde_json::json!(number),
+        Value::Float(number) => serde_json::json!(number),
+        Value::Boolean(flag) => serde_json::json!(flag),
+        Value::List(items) => serde_json::json!(items),
+    }
+}
+
 /// `max_concurrent` and `queue`: requests in flight at once, and what happens
 /// to one more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

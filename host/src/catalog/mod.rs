@@ -1,0 +1,578 @@
+//! The model catalog: the models on this machine's disks, found by walking
+//! `[catalog] dirs` (and the Hugging Face hub cache) and matching each file
+//! or model folder against the templates that say how to serve its kind.
+//! Scanning happens at start-up and on reload, on a blocking thread, never on
+//! a request's path; what could not be read is reported per entry.
+
+pub mod gguf;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// How to serve one kind of model: `match = "*.gguf"` (a glob on file names)
+/// or `"dir:*"` (on the names of folders that hold a `config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub pattern: String,
+    /// The context the template serves at, when its settings say
+    /// (`ctx_size`, `max_model_len`): the KV cache of the VRAM estimate.
+    pub context: Option<u64>,
+}
+
+/// One model the catalog found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CatalogModel {
+    /// The name clients use: the file's stem (a split model's, without the
+    /// part), the hub's `org/name`, or the folder's name, normalised.
+    pub id: String,
+    /// The file (a split model's first part) or the folder.
+    pub path: PathBuf,
+    /// Bytes on disk, every part of a split model together.
+    pub size_bytes: u64,
+    /// The `match` of the template that claimed it.
+    pub template: String,
+    /// For a split GGUF, how many files it is.
+    pub parts: u32,
+    /// What its GGUF header says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<gguf::GgufInfo>,
+    /// Weights and KV cache at the template's context (else the model's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vram_estimate_mib: Option<u64>,
+}
+
+/// Something found that could not become a model, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CatalogProblem {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModelCatalog {
+    pub models: Vec<CatalogModel>,
+    pub problems: Vec<CatalogProblem>,
+}
+
+/// Where to look.
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    pub dirs: Vec<PathBuf>,
+    /// The hub cache's `hub` folder (`$HF_HOME/hub`), read only.
+    pub huggingface_hub: Option<PathBuf>,
+}
+
+impl Places {
+    /// The hub cache where Hugging Face's tools put it: `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`.
+    pub fn huggingface_hub_from_env() -> Option<PathBuf> {
+        let home = std::env::var_os("HF_HOME").map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface"))
+        })?;
+        Some(home.join("hub"))
+    }
+}
+
+/// The catalog as the daemon holds it: scanned at start and on reload (on a
+/// blocking thread), read by the API and the gateway.
+#[derive(Clone, Default)]
+pub struct Shelf(std::sync::Arc<std::sync::RwLock<ModelCatalog>>);
+
+impl Shelf {
+    /// What the last scan found.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, ModelCatalog> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Scans again and keeps what it finds.
+    pub async fn rescan(&self, places: Places, templates: Vec<Template>) {
+        let scanned =
+            tokio::task::spawn_blocking(move || ModelCatalog::scan(&places, &templates)).await;
+        if let Ok(scanned) = scanned {
+            *self
+                .0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = scanned;
+        }
+    }
+}
+
+/// A candidate before ids are given out.
+struct Found {
+    name: String,
+    path: PathBuf,
+    size_bytes: u64,
+    template: usize,
+    parts: u32,
+    gguf: bool,
+}
+
+impl ModelCatalog {
+    /// Walks `places` and matches what it finds against `templates` (the
+    /// first that matches wins).
+    pub fn scan(places: &Places, templates: &[Template]) -> Self {
+        let mut walk = Walk {
+            templates,
+            found: Vec::new(),
+            problems: Vec::new(),
+            seen_dirs: HashSet::new(),
+        };
+        for dir in &places.dirs {
+            walk.dir(dir, None);
+        }
+        if let Some(hub) = &places.huggingface_hub {
+            walk.hub(hub);
+        }
+        walk.finish()
+    }
+}
+
+struct Walk<'a> {
+    templates: &'a [Template],
+    found: Vec<Found>,
+    problems: Vec<CatalogProblem>,
+    /// (device, inode) of every folder entered: a symlink loop ends here.
+    seen_dirs: HashSet<(u64, u64)>,
+}
+
+impl Walk<'_> {
+    fn problem(&mut self, path: &Path, problem: impl Into<String>) {
+        self.problems.push(CatalogProblem {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        });
+    }
+
+    fn template_for(&self, name: &str, folder: bool) -> Option<usize> {
+        self.templates.iter().position(|template| {
+            match (template.pattern.strip_prefix("dir:"), folder) {
+                (Some(pattern), true) => glob(pattern, name),
+                (None, false) => glob(&template.pattern, name),
+                _ => false,
+            }
+        })
+    }
+
+    /// Everything under `root`; `named` names a model folder found there
+    /// (the hub's `org/name`) instead of its own name.
+    fn dir(&mut self, root: &Path, named: Option<&str>) {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let identity = match std::fs::metadata(&dir) {
+                Ok(meta) => (meta.dev(), meta.ino()),
+                Err(error) => {
+                    self.problem(&dir, format!("cannot read it: {error}"));
+                    continue;
+                }
+            };
+            if !self.seen_dirs.insert(identity) {
+                self.problem(
+                    &dir,
+                    "seen already (a symbolic link loop, or two links to one folder): skipped",
+                );
+                continue;
+            }
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    self.problem(&dir, format!("cannot list it: {error}"));
+                    continue;
+                }
+            };
+            let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+            let mut model_folder = false;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Followed through links: a linked model is a model.
+                match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_dir() => stack.push(path),
+                    Ok(meta) => {
+                        model_folder |= name == "config.json";
+                        files.push((name, path, meta.len()));
+                    }
+                    Err(error) => self.problem(&path, format!("cannot read it: {error}")),
+                }
+            }
+            if model_folder {
+                let name = match named {
+                    Some(name) if dir == root => name.to_string(),
+                    _ => dir
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                };
+                if let Some(template) = self.template_for(&name, true) {
+                    let size_bytes = files.iter().map(|(_, _, size)| size).sum();
+                    self.found.push(Found {
+                        name,
+                        path: dir.clone(),
+                        size_bytes,
+                        template,
+                        parts: 1,
+                        gguf: false,
+                    });
+                    continue;
+                }
+            }
+            self.files(files);
+        }
+    }
+
+    /// A folder's files: single models, and split GGUFs as one model each.
+    fn files(&mut self, files: Vec<(String, PathBuf, u64)>) {
+        let mut splits: BTreeMap<String, Split> = BTreeMap::new();
+        for (name, path, size) in files {
+            let Some(template) = self.template_for(&name, false) else {
+                continue;
+            };
+            let stem = name
+                .rsplit_once('.')
+                .map_or(name.as_str(), |(stem, _)| stem);
+            let is_gguf = name.to_ascii_lowercase().ends_with(".gguf");
+            if let Some((base, part, of)) = is_gguf.then(|| split_part(stem)).flatten() {
+                let entry = splits
+                    .entry(base.to_string())
+                    .or_insert((of, BTreeMap::new()));
+                entry.1.insert(part, (path, size));
+                continue;
+            }
+            self.found.push(Found {
+                name: stem.to_string(),
+                path,
+                size_bytes: size,
+                template,
+                parts: 1,
+                gguf: is_gguf,
+            });
+        }
+        for (base, (of, parts)) in splits {
+            let Some((first, _)) = parts.get(&1).cloned() else {
+                if let Some((_, (path, _))) = parts.iter().next() {
+                    self.problem(
+                        path,
+                        format!("part of the split model `{base}`, whose first part is missing"),
+                    );
+                }
+                continue;
+            };
+            let missing: Vec<String> = (1..=of)
+                .filter(|number| !parts.contains_key(number))
+                .map(|number| number.to_string())
+                .collect();
+            if !missing.is_empty() {
+                self.problem(
+                    &first,
+                    format!(
+                        "the split model `{base}` lacks part(s) {} of {of}",
+                        missing.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let Some(template) = self.template_for(
+                &first
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                false,
+            ) else {
+                continue;
+            };
+            self.found.push(Found {
+                name: base,
+                path: first,
+                size_bytes: parts.values().map(|(_, size)| size).sum(),
+                template,
+                parts: of,
+                gguf: true,
+            });
+        }
+    }
+
+    /// The hub cache: `models--org--name/snapshots/<revision>`, the one
+    /// `refs/main` names (else the first), as the model `org/name`.
+    fn hub(&mut self, hub: &Path) {
+        let Ok(entries) = std::fs::read_dir(hub) else {
+            return; // No hub cache here: nothing to say.
+        };
+        let mut repos: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+        repos.sort();
+        for repo in repos {
+            let Some(name) = repo.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_prefix("models--")
+                .map(|rest| rest.replacen("--", "/", 1))
+            else {
+                continue;
+            };
+            let main = std::fs::read_to_string(repo.join("refs/main"))
+                .ok()
+                .map(|revision| repo.join("snapshots").join(revision.trim()))
+                .filter(|snapshot| snapshot.is_dir());
+            let snapshot = main.or_else(|| {
+                let mut snapshots: Vec<PathBuf> = std::fs::read_dir(repo.join("snapshots"))
+                    .ok()?
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .collect();
+                snapshots.sort();
+                snapshots.into_iter().next()
+            });
+            match snapshot {
+                Some(snapshot) => self.dir(&snapshot, Some(&id)),
+                None => self.problem(&repo, "no snapshot of it is downloaded"),
+            }
+        }
+    }
+
+    /// Ids given out (normalised, collisions suffixed and reported), GGUF
+    /// headers read, in a stable order.
+    fn finish(mut self) -> ModelCatalog {
+        self.found.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut taken: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut models = Vec::new();
+        for found in std::mem::take(&mut self.found) {
+            let wanted = normalised(&found.name);
+            let mut id = wanted.clone();
+            let mut number = 2;
+            while taken.contains_key(&id) {
+                id = format!("{wanted}-{number}");
+                number += 1;
+            }
+            if id != wanted {
+                let holder = taken.get(&wanted).cloned().unwrap_or_default();
+                self.problem(
+                    &found.path,
+                    format!(
+                        "`{wanted}` is {}'s already: this one is `{id}`",
+                        holder.display()
+                    ),
+                );
+            }
+            taken.insert(id.clone(), found.path.clone());
+            let template = &self.templates[found.template];
+            let (gguf, vram_estimate_mib) = if found.gguf {
+                match gguf::read(&found.path) {
+                    Ok(info) => {
+                        let vram = info.vram_mib(found.size_bytes, template.context);
+                        (Some(info), vram)
+                    }
+                    Err(problem) => {
+                        self.problem(&found.path, problem);
+                        continue;
+                    }
+                }
+            } else {
+                (None, None)
+            };
+            models.push(CatalogModel {
+                id,
+                path: found.path,
+                size_bytes: found.size_bytes,
+                template: template.pattern.clone(),
+                parts: found.parts,
+                gguf,
+                vram_estimate_mib,
+            });
+        }
+        ModelCatalog {
+            models,
+            problems: self.problems,
+        }
+    }
+}
+
+/// A split model's parts as found: how many it says it has, and each found
+/// part's file and size by its number.
+type Split = (u32, BTreeMap<u32, (PathBuf, u64)>);
+
+/// `qwen2.5-7b-instruct-q4_k_m-00001-of-00003` → (`qwen2.5-7b-instruct-q4_k_m`, 1, 3).
+fn split_part(stem: &str) -> Option<(&str, u32, u32)> {
+    let (rest, of) = stem.rsplit_once("-of-")?;
+    let (base, part) = rest.rsplit_once('-')?;
+    let digits = |text: &str| text.len() == 5 && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits(part) || !digits(of) {
+        return None;
+    }
+    let (part, of) = (part.parse().ok()?, of.parse().ok()?);
+    (part >= 1 && part <= of).then_some((base, part, of))
+}
+
+/// A name under nanny's naming rule (`cat-` and it still fit 63 characters):
+/// lowercase; anything but letters, digits, `.`, `_`, `-` becomes `-`.
+pub fn normalised(name: &str) -> String {
+    let mut id: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect();
+    while id.contains("--") {
+        id = id.replace("--", "-");
+    }
+    let id = id.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let id: String = id.chars().take(59).collect();
+    if id.is_empty() {
+        "model".to_string()
+    } else {
+        id
+    }
+}
+
+/// `*` any run of characters, `?` one; the rest as written.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(c) if *c == '?' || *c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((at, matched)) => {
+                    p = at + 1;
+                    n = matched + 1;
+                    star = Some((at, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gguf::tests::tiny_gguf;
+    use super::*;
+
+    fn templates() -> Vec<Template> {
+        vec![
+            Template {
+                pattern: "*.gguf".into(),
+                context: Some(1024),
+            },
+            Template {
+                pattern: "dir:*".into(),
+                context: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn globs_and_names() {
+        assert!(glob("*.gguf", "a.gguf") && glob("*", "") && glob("q?en*", "qwen2.5"));
+        assert!(!glob("*.gguf", "a.gguf.part") && !glob("dir", "dirs"));
+        assert_eq!(
+            normalised("Qwen2.5-7B-Instruct-Q4_K_M"),
+            "qwen2.5-7b-instruct-q4_k_m"
+        );
+        assert_eq!(normalised("Qwen/Qwen2.5 0.5B"), "qwen-qwen2.5-0.5b");
+        assert_eq!(normalised("../../etc"), "etc");
+        assert_eq!(normalised("日本"), "model");
+        assert!(crate::names::is_valid(&format!(
+            "cat-{}",
+            normalised(&"x".repeat(200))
+        )));
+        assert_eq!(split_part("m-00002-of-00003"), Some(("m", 2, 3)));
+        assert_eq!(split_part("m-2-of-3"), None);
+    }
+
+    #[test]
+    fn a_folder_of_models_becomes_a_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let model = tiny_gguf("llama", 2048);
+        std::fs::create_dir_all(root.join("deep/er")).unwrap();
+        std::fs::write(root.join("Tiny-Llama.gguf"), &model).unwrap();
+        std::fs::write(root.join("deep/er/tiny-llama.gguf"), &model).unwrap();
+        std::fs::write(root.join("big-00001-of-00002.gguf"), &model).unwrap();
+        std::fs::write(root.join("big-00002-of-00002.gguf"), &model).unwrap();
+        std::fs::write(root.join("lost-00001-of-00003.gguf"), &model).unwrap();
+        std::fs::write(root.join("cut.gguf"), &model[..40]).unwrap();
+        std::fs::write(root.join("notes.txt"), "not a model").unwrap();
+        std::fs::create_dir_all(root.join("Mistral-7B")).unwrap();
+        std::fs::write(root.join("Mistral-7B/config.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(root, root.join("deep/loop")).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let hub = cache.path().join("hub");
+        let snapshot = hub.join("models--Qwen--Qwen2.5-0.5B/snapshots/abc");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
+
+        let places = Places {
+            dirs: vec![root.to_path_buf()],
+            huggingface_hub: Some(hub),
+        };
+        let catalog = ModelCatalog::scan(&places, &templates());
+        let mut ids: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "big",
+                "mistral-7b",
+                "qwen-qwen2.5-0.5b",
+                "tiny-llama",
+                "tiny-llama-2"
+            ],
+            "{catalog:#?}"
+        );
+        let big = catalog.models.iter().find(|m| m.id == "big").unwrap();
+        assert_eq!((big.parts, big.size_bytes), (2, 2 * model.len() as u64));
+        // The first by path keeps the name: `Tiny-Llama.gguf` before `deep/…`.
+        let tiny = catalog
+            .models
+            .iter()
+            .find(|m| m.id == "tiny-llama")
+            .unwrap();
+        assert!(tiny.path.ends_with("Tiny-Llama.gguf"));
+        assert_eq!(
+            tiny.gguf.as_ref().and_then(|g| g.context_length),
+            Some(2048)
+        );
+        assert!(tiny.vram_estimate_mib.is_some());
+        let said = |needle: &str| catalog.problems.iter().any(|p| p.problem.contains(needle));
+        assert!(said("cut short"), "{:#?}", catalog.problems);
+        assert!(said("lacks part(s) 2, 3 of 3"), "{:#?}", catalog.problems);
+        assert!(said("symbolic link loop"), "{:#?}", catalog.problems);
+        assert!(said("`tiny-llama` is"), "{:#?}", catalog.problems);
+    }
+
+    #[test]
+    fn ten_thousand_entries_are_scanned_without_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        for number in 0..10_000 {
+            let name = if number % 100 == 0 {
+                format!("model-{number}.gguf")
+            } else {
+                format!("file-{number}.bin")
+            };
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let places = Places {
+            dirs: vec![dir.path().to_path_buf()],
+            huggingface_hub: None,
+        };
+        let catalog = ModelCatalog::scan(&places, &templates());
+        // Empty `.gguf` files are no models, each said once; the rest is not ours.
+        assert_eq!(catalog.models.len(), 0);
+        assert_eq!(catalog.problems.len(), 100);
+    }
+}

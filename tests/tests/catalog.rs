@@ -1,0 +1,114 @@
+//! The model catalog over a folder of real GGUF files: the tiny model the
+//! llama.cpp test set-up writes, copied under several names, as a split model
+//! and cut short; read through `GET /v1/catalog`, `nanny models` and
+//! `GET /v1/models`, rescanned on reload.
+
+use nanny_tests::{call, llama_cpp, nanny_bin, port_range_line, Daemon};
+
+#[test]
+fn a_folder_of_ggufs_is_a_catalog_of_models() {
+    let model = std::fs::read(&llama_cpp().model).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("more")).unwrap();
+    std::fs::write(models.join("Tiny-Llama.gguf"), &model).unwrap();
+    std::fs::write(models.join("more/tiny-llama.gguf"), &model).unwrap();
+    std::fs::write(models.join("twin-00001-of-00002.gguf"), &model).unwrap();
+    std::fs::write(models.join("twin-00002-of-00002.gguf"), &model).unwrap();
+    std::fs::write(models.join("cut.gguf"), &model[..model.len().min(200)]).unwrap();
+    std::fs::write(models.join("readme.txt"), "not a model").unwrap();
+    let config = dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+{}
+
+[catalog]
+dirs = ["models"]
+
+[[catalog.templates]]
+match = "*.gguf"
+backend = "llama-cpp"
+idle_timeout = "10m"
+settings = {{ ctx_size = 256 }}
+
+[services.by-hand]
+backend = "mock"
+autostart = false
+models = ["tiny-llama-2"]
+"#,
+            port_range_line()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::up(&config, dir.path());
+    daemon.expect(|line| line.starts_with("nanny: the catalog has 3 model(s)"));
+
+    let (status, catalog) = call("GET", &format!("{}/v1/catalog", daemon.url), None);
+    assert_eq!(status, 200, "{catalog}");
+    let ids: Vec<&str> = catalog["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["tiny-llama", "tiny-llama-2", "twin"], "{catalog:#}");
+    let tiny = &catalog["models"][0];
+    assert_eq!(tiny["gguf"]["architecture"], "llama", "{tiny:#}");
+    assert!(tiny["gguf"]["parameters"].as_u64().is_some_and(|n| n > 0));
+    assert!(tiny["vram_estimate_mib"].as_u64().is_some(), "{tiny:#}");
+    assert_eq!(tiny["template"], "*.gguf");
+    let twin = &catalog["models"][2];
+    assert_eq!(twin["parts"], 2);
+    assert_eq!(twin["size_bytes"], 2 * model.len() as u64);
+    let problems = catalog["problems"].to_string();
+    assert!(
+        problems.contains("cut.gguf") && problems.contains("cut short"),
+        "{problems}"
+    );
+    assert!(problems.contains("`tiny-llama` is"), "{problems}");
+
+    // `/v1/models`: a service by hand wins its name; the rest are available.
+    let (_, listed) = call("GET", &format!("{}/v1/models", daemon.url), None);
+    let owner = |id: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| (m["owned_by"].clone(), m["status"].clone()))
+    };
+    assert_eq!(owner("tiny-llama-2").unwrap().0, "by-hand");
+    assert_eq!(
+        owner("twin").unwrap(),
+        ("catalog".into(), "available".into())
+    );
+
+    // The CLI reads the same.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(nanny_bin())
+            .args(args)
+            .args(["--url", &daemon.url])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let table = cli(&["models"]);
+    assert!(
+        table.starts_with("ID") && table.contains("twin") && table.contains("llama"),
+        "{table}"
+    );
+    assert!(cli(&["models", "--errors"]).contains("cut.gguf: "));
+
+    // A file added is there after a reload.
+    std::fs::write(models.join("late.gguf"), &model).unwrap();
+    let (status, _) = call("POST", &format!("{}/v1/reload", daemon.url), None);
+    assert_eq!(status, 200);
+    let (_, catalog) = call("GET", &format!("{}/v1/catalog", daemon.url), None);
+    assert!(
+        catalog["models"].to_string().contains("\"late\""),
+        "{catalog:#}"
+    );
+}
