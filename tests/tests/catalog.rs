@@ -30,15 +30,16 @@ dirs = ["models"]
 [[catalog.templates]]
 match = "*.gguf"
 backend = "llama-cpp"
-idle_timeout = "10m"
-settings = {{ ctx_size = 256 }}
+idle_timeout = "2s"
+settings = {{ program = {:?}, ctx_size = 256 }}
 
 [services.by-hand]
 backend = "mock"
 autostart = false
 models = ["tiny-llama-2"]
 "#,
-            port_range_line()
+            port_range_line(),
+            llama_cpp().server.display().to_string()
         ),
     )
     .unwrap();
@@ -111,4 +112,39 @@ models = ["tiny-llama-2"]
         catalog["models"].to_string().contains("\"late\""),
         "{catalog:#}"
     );
+
+    // Asked for by name: a service made from the template, started through
+    // the real llama-server, answers; idle, it is stopped and forgotten.
+    let mut answer = nanny_tests::agent()
+        .post(&format!("{}/v1/chat/completions", daemon.url))
+        .header("Content-Type", "application/json")
+        .send(r#"{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}"#)
+        .unwrap();
+    let body = answer.body_mut().read_to_string().unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(body["choices"][0]["message"].is_object(), "{body}");
+    let (_, made) = call(
+        "GET",
+        &format!("{}/v1/services/cat-tiny-llama", daemon.url),
+        None,
+    );
+    assert_eq!(made["backend"], "llama-cpp", "{made}");
+    daemon.expect(|line| line == "[cat-tiny-llama] stopped: idle for 2s");
+    // Forgotten right after that stop (no event says so): look for a while.
+    let gone = (0..100).any(|_| {
+        let (status, _) = call(
+            "GET",
+            &format!("{}/v1/services/cat-tiny-llama", daemon.url),
+            None,
+        );
+        status == 404 || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(gone, "still listed after its idle stop");
+    // Still in the catalog, still routable.
+    let (_, listed) = call("GET", &format!("{}/v1/models", daemon.url), None);
+    assert!(listed.to_string().contains("\"tiny-llama\""), "{listed}");
 }

@@ -13,12 +13,20 @@ use serde::Serialize;
 
 /// How to serve one kind of model: `match = "*.gguf"` (a glob on file names)
 /// or `"dir:*"` (on the names of folders that hold a `config.json`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Template {
     pub pattern: String,
     /// The context the template serves at, when its settings say
     /// (`ctx_size`, `max_model_len`): the KV cache of the VRAM estimate.
     pub context: Option<u64>,
+    /// The backend that serves what the template matches.
+    pub backend: String,
+    /// Its settings, as the plugin takes them.
+    pub settings: Vec<crate::plugin::Setting>,
+    /// Stopped this long after its last request; `None`: never.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Kept (in `nanny ps`) once stopped; else forgotten until asked for again.
+    pub keep: bool,
 }
 
 /// One model the catalog found.
@@ -79,20 +87,38 @@ impl Places {
 /// The catalog as the daemon holds it: scanned at start and on reload (on a
 /// blocking thread), read by the API and the gateway.
 #[derive(Clone, Default)]
-pub struct Shelf(std::sync::Arc<std::sync::RwLock<ModelCatalog>>);
+pub struct Shelf(std::sync::Arc<std::sync::RwLock<(ModelCatalog, Vec<Template>)>>);
 
 impl Shelf {
-    /// What the last scan found.
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, ModelCatalog> {
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, (ModelCatalog, Vec<Template>)> {
         self.0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What the last scan found.
+    pub fn read(&self) -> ModelCatalog {
+        self.held().0.clone()
+    }
+
+    /// The model clients call `id`, and the template that serves it.
+    pub fn find(&self, id: &str) -> Option<(CatalogModel, Template)> {
+        let held = self.held();
+        let (catalog, templates) = &*held;
+        let model = catalog.models.iter().find(|model| model.id == id)?;
+        let template = templates
+            .iter()
+            .find(|template| template.pattern == model.template)?;
+        Some((model.clone(), template.clone()))
+    }
+
     /// Scans again and keeps what it finds.
     pub async fn rescan(&self, places: Places, templates: Vec<Template>) {
-        let scanned =
-            tokio::task::spawn_blocking(move || ModelCatalog::scan(&places, &templates)).await;
+        let scanned = tokio::task::spawn_blocking(move || {
+            let catalog = ModelCatalog::scan(&places, &templates);
+            (catalog, templates)
+        })
+        .await;
         if let Ok(scanned) = scanned {
             *self
                 .0
@@ -100,6 +126,46 @@ impl Shelf {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = scanned;
         }
     }
+}
+
+/// The service that serves `model` as `template` says: named `cat-<id>`,
+/// the model's path as its `model`, listening on `port`, stopped until asked
+/// for, and routed by the model's id.
+pub fn service_for(
+    model: &CatalogModel,
+    template: &Template,
+    plugin: std::sync::Arc<crate::plugin::Plugin>,
+    port: u16,
+) -> crate::supervise::ServiceSpec {
+    let service = crate::plugin::Service {
+        name: format!("cat-{}", model.id),
+        host: "127.0.0.1".into(),
+        port,
+        model: Some(model.path.display().to_string()),
+        args: Vec::new(),
+        env: Vec::new(),
+        work_dir: None,
+        gpus: Vec::new(),
+        settings: template.settings.clone(),
+    };
+    let mut spec = crate::supervise::ServiceSpec::new(service, plugin);
+    spec.autostart = false;
+    spec.models = vec![model.id.clone()];
+    spec.idle_stop = template.idle_timeout;
+    spec.description = Some(format!(
+        "catalog model `{}` ({}), served as `{}` says",
+        model.id,
+        model.path.display(),
+        template.pattern
+    ));
+    spec
+}
+
+/// A port of `range` no service has, that nothing listens on now.
+pub fn free_port(range: [u16; 2], taken: &[u16]) -> Option<u16> {
+    (range[0]..=range[1])
+        .filter(|port| !taken.contains(port))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
 }
 
 /// A candidate before ids are given out.
@@ -467,10 +533,11 @@ mod tests {
             Template {
                 pattern: "*.gguf".into(),
                 context: Some(1024),
+                ..Template::default()
             },
             Template {
                 pattern: "dir:*".into(),
-                context: None,
+                ..Template::default()
             },
         ]
     }

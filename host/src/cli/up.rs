@@ -119,9 +119,18 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let count = supervisor.statuses().len();
         tokio::spawn(report(supervisor.events()));
         let (closing, closed) = watch::channel(false);
-        let gateway = Gateway::new(supervisor.clone(), config.gateway.clone());
-        tokio::spawn(gateway.clone().stop_idle_services());
         let shelf = crate::catalog::Shelf::default();
+        let gateway = Gateway::with_on_demand(
+            supervisor.clone(),
+            config.gateway.clone(),
+            from_catalog(
+                shelf.clone(),
+                &catalog,
+                supervisor.clone(),
+                config.daemon.port_range,
+            ),
+        );
+        tokio::spawn(gateway.clone().stop_idle_services());
         if !config.catalog.is_empty() {
             let catalog = config.catalog.clone();
             shelf.rescan(catalog.places, catalog.templates).await;
@@ -196,6 +205,41 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ExitCode::from(130)
         } else {
             ExitCode::SUCCESS
+        })
+    })
+}
+
+/// What the gateway asks when a request names a model no service serves: a
+/// service for it, made from the catalog's template and added stopped (the
+/// gateway then starts it as any other).
+fn from_catalog(
+    shelf: crate::catalog::Shelf,
+    plugins: &crate::plugin::Catalog,
+    supervisor: Arc<Supervisor>,
+    port_range: [u16; 2],
+) -> crate::gateway::OnDemand {
+    let plugins: std::collections::BTreeMap<String, Arc<crate::plugin::Plugin>> = plugins
+        .plugins()
+        .map(|plugin| (plugin.name().to_string(), plugin.clone()))
+        .collect();
+    Arc::new(move |model: String| {
+        let (shelf, plugins, supervisor) = (shelf.clone(), plugins.clone(), supervisor.clone());
+        Box::pin(async move {
+            let Some((found, template)) = shelf.find(&model) else {
+                return Ok(false);
+            };
+            let plugin = plugins
+                .get(&template.backend)
+                .cloned()
+                .ok_or_else(|| format!("no backend named `{}`", template.backend))?;
+            let taken: Vec<u16> = supervisor.statuses().iter().map(|s| s.port).collect();
+            let port = crate::catalog::free_port(port_range, &taken)
+                .ok_or("no free port left in `daemon.port_range`")?;
+            let spec = crate::catalog::service_for(&found, &template, plugin, port);
+            supervisor
+                .adopt(spec, template.keep)
+                .await
+                .map_err(|error| error.to_string())
         })
     })
 }

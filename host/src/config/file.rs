@@ -43,12 +43,9 @@ pub struct RawCatalog {
     pub templates: Vec<RawTemplate>,
 }
 
-/// How to serve one kind of model found in the catalog. The service keys are
-/// checked now (the backend must exist) and used once catalog models are
-/// started on demand, which nanny does not do yet.
+/// How to serve one kind of model found in the catalog.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct RawTemplate {
     /// A glob on file names (`*.gguf`), or `dir:<glob>` on the names of
     /// folders holding a `config.json`.
@@ -57,7 +54,6 @@ pub struct RawTemplate {
     pub backend: Spanned<String>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub idle_timeout: Option<Duration>,
-    pub gpus: Option<toml::Value>,
     #[serde(default)]
     pub settings: toml::Table,
     /// Keep the service listed (`nanny ps`) once it is stopped and idle.

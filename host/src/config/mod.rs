@@ -725,9 +725,27 @@ fn catalog_config(
             .iter()
             .find_map(|key| template.settings.get(*key)?.as_integer())
             .and_then(|context| u64::try_from(context).ok());
+        let mut settings = Vec::new();
+        for (key, value) in &template.settings {
+            match to_value(value) {
+                Some(value) => settings.push(Setting {
+                    key: key.clone(),
+                    value,
+                }),
+                None => errors.push(source.error(
+                    template.pattern.span().start,
+                    format!("catalog.templates[{index}].settings.{key}"),
+                    "must be text, a number, true/false or a list of strings",
+                )),
+            }
+        }
         templates.push(crate::catalog::Template {
             pattern: pattern.clone(),
             context,
+            backend: template.backend.get_ref().clone(),
+            settings,
+            idle_timeout: template.idle_timeout.filter(|idle| !idle.is_zero()),
+            keep: template.keep,
         });
     }
     CatalogConfig {

@@ -52,7 +52,15 @@ pub struct Gateway {
     slots: Mutex<BTreeMap<String, (usize, Arc<tokio::sync::Semaphore>)>>,
     /// Requests waiting for a slot now, all services together.
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Makes a service for a model nobody configured (the catalog's), when
+    /// it can: `Ok(true)` made, `Ok(false)` not a model it knows.
+    on_demand: Option<OnDemand>,
 }
+
+/// See [`Gateway::with_on_demand`].
+pub type OnDemand = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<bool, String>> + Send + Sync,
+>;
 
 /// A request waiting for the scheduler: its service, and where its admission goes.
 type Waiter = (
@@ -124,8 +132,23 @@ impl Gateway {
             next_request: std::sync::atomic::AtomicU64::new(1),
             slots: Mutex::default(),
             queued: Arc::default(),
+            on_demand: None,
             settings,
         })
+    }
+
+    /// The gateway, asking `make` for a service when a request names a model
+    /// no service serves (the daemon's catalog answers).
+    pub fn with_on_demand(
+        supervisor: Arc<Supervisor>,
+        settings: GatewayConfig,
+        make: OnDemand,
+    ) -> Arc<Self> {
+        let mut gateway = Self::new(supervisor, settings);
+        if let Some(only) = Arc::get_mut(&mut gateway) {
+            only.on_demand = Some(make);
+        }
+        gateway
     }
 
     /// A slot under the service's `max_concurrent`: at once; or after waiting
@@ -358,9 +381,27 @@ impl Gateway {
 
     /// The service that serves `model`: configured names first, then the models
     /// backends reported; else a 404 naming close names.
-    pub fn route(&self, model: &str) -> Result<Route, GatewayError> {
+    pub async fn route(&self, model: &str) -> Result<Route, GatewayError> {
         if let Some((service, routable)) = self.supervisor.routable_for(model) {
             return Ok(Route { service, routable });
+        }
+        // A model nobody configured may be one the catalog can serve.
+        if let Some(make) = &self.on_demand {
+            match make(model.to_string()).await {
+                // Made now, or by a request a moment earlier.
+                Ok(_) => {
+                    if let Some((service, routable)) = self.supervisor.routable_for(model) {
+                        return Ok(Route { service, routable });
+                    }
+                }
+                Err(message) => {
+                    return Err(GatewayError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        format!("`{model}` is in the catalog but cannot be served: {message}"),
+                    ))
+                }
+            }
         }
         let known: Vec<String> = self.models().into_iter().map(|model| model.id).collect();
         let hint = crate::config::did_you_mean(model, known.iter().map(String::as_str))
@@ -557,6 +598,11 @@ impl Gateway {
                 let reason = format!("idle for {}", crate::config::duration::describe(idle_for));
                 if let Err(error) = self.supervisor.stop_because(&service, reason).await {
                     tracing::warn!(service = %service, "idle stop: {error}");
+                }
+                // One made for a catalog model goes with it (until asked for again).
+                if let Ok(true) = self.supervisor.forget(&service).await {
+                    lock(&self.traffic).remove(&service);
+                    tracing::info!(service = %service, "forgotten: made on demand, stopped for idleness");
                 }
             }
         }

@@ -81,7 +81,7 @@ async fn by_model(
             Some(form) => form.model(&bytes),
             None => json_model(&bytes),
         }?;
-        let route = gateway.route(&model)?;
+        let route = gateway.route(&model).await?;
         let slot = gateway.slot(&route).await?;
         let in_flight = gateway.admit(&route).await?.holding(slot);
         let request = Request {

@@ -107,6 +107,11 @@ struct ServiceHandle {
     resolved: serde_json::Value,
     /// Why the next stop happens, for its events (shared with its runner).
     stop_reason: Arc<std::sync::Mutex<Option<String>>>,
+    /// Made on demand (a catalog model asked for), not configured: a reload
+    /// leaves it be.
+    on_demand: bool,
+    /// Made on demand without `keep`: forgotten once stopped for idleness.
+    forgettable: bool,
 }
 
 /// What the gateway routes by, as configured.
@@ -483,6 +488,8 @@ impl Supervisor {
                     route,
                     resolved,
                     stop_reason,
+                    on_demand: false,
+                    forgettable: false,
                 },
             );
         }
@@ -499,7 +506,21 @@ impl Supervisor {
         if self.is_shutting_down() {
             return Err(SuperviseError::ShuttingDown);
         }
-        let (graph, order) = plan_order(&specs)?;
+        let (mut graph, mut order) = plan_order(&specs)?;
+        // Services made on demand are not the configuration's to remove.
+        let kept: Vec<String> = self
+            .read()
+            .services
+            .iter()
+            .filter(|(name, handle)| {
+                handle.on_demand && !specs.iter().any(|spec| spec.service.name == **name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &kept {
+            graph.insert(name.clone(), Vec::new());
+            order.push(name.clone());
+        }
         let mut report = ReloadReport::default();
         let (old_order, was_up) = {
             let topology = self.read();
@@ -517,7 +538,7 @@ impl Supervisor {
             report.removed = topology
                 .services
                 .keys()
-                .filter(|name| !names.contains(name))
+                .filter(|name| !names.contains(name) && !kept.contains(name))
                 .cloned()
                 .collect();
             let was_up: Vec<String> = report
@@ -581,6 +602,56 @@ impl Supervisor {
             report.unchanged.len()
         );
         Ok(report)
+    }
+
+    /// Adds a service made on demand (a catalog model asked for), stopped;
+    /// `false` when one of that name is there already. Without `keep`, it is
+    /// [`forget`](Self::forget)table.
+    pub async fn adopt(&self, spec: ServiceSpec, keep: bool) -> Result<bool, SuperviseError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.is_shutting_down() {
+            return Err(SuperviseError::ShuttingDown);
+        }
+        let name = spec.service.name.clone();
+        let mut topology = self.write();
+        if topology.services.contains_key(&name) {
+            return Ok(false);
+        }
+        topology.graph.insert(name.clone(), Vec::new());
+        topology.order.push(name.clone());
+        self.add_services(&mut topology, vec![spec], BTreeMap::new());
+        if let Some(handle) = topology.services.get_mut(&name) {
+            handle.on_demand = true;
+            handle.forgettable = !keep;
+        }
+        Ok(true)
+    }
+
+    /// Removes a service made on demand without `keep` (its status and logs
+    /// go with it); others stay. `true` when it went.
+    pub async fn forget(&self, name: &str) -> Result<bool, SuperviseError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let forgettable = self
+            .read()
+            .services
+            .get(name)
+            .is_some_and(|handle| handle.forgettable);
+        if !forgettable {
+            return Ok(false);
+        }
+        self.stop_one(name).await?;
+        let handle = {
+            let mut topology = self.write();
+            topology.graph.remove(name);
+            topology.order.retain(|other| other != name);
+            topology.gpu_requests.remove(name);
+            topology.services.remove(name)
+        };
+        if let Some(handle) = handle {
+            drop(handle.commands);
+            let _ = handle.task.await;
+        }
+        Ok(true)
     }
 
     /// Every service's status, in dependency order.
