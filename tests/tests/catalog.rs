@@ -1,7 +1,7 @@
 //! The model catalog over a folder of real GGUF files: the tiny model the
 //! llama.cpp test set-up writes, copied under several names, as a split model
 //! and cut short; read through `GET /v1/catalog`, `nanny models` and
-//! `GET /v1/models`, rescanned on reload.
+//! `GET /v1/models`, rescanned when a file is added, and served on demand.
 
 use nanny_tests::{call, llama_cpp, nanny_bin, port_range_line, Daemon};
 
@@ -103,10 +103,9 @@ models = ["tiny-llama-2"]
     );
     assert!(cli(&["models", "--errors"]).contains("cut.gguf: "));
 
-    // A file added is there after a reload.
+    // A file added while nanny runs: the watcher sees it, the catalog rescans.
     std::fs::write(models.join("late.gguf"), &model).unwrap();
-    let (status, _) = call("POST", &format!("{}/v1/reload", daemon.url), None);
-    assert_eq!(status, 200);
+    daemon.expect(|line| line.starts_with("nanny: the catalog has 4 model(s)"));
     let (_, catalog) = call("GET", &format!("{}/v1/catalog", daemon.url), None);
     assert!(
         catalog["models"].to_string().contains("\"late\""),

@@ -8,6 +8,7 @@ pub mod gguf;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
 
@@ -84,16 +85,39 @@ impl Places {
     }
 }
 
-/// The catalog as the daemon holds it: scanned at start and on reload (on a
-/// blocking thread), read by the API and the gateway.
-#[derive(Clone, Default)]
-pub struct Shelf(std::sync::Arc<std::sync::RwLock<(ModelCatalog, Vec<Template>)>>);
+/// The catalog as the daemon holds it: scanned at start, on reload and when
+/// its folders change (on a blocking thread), read by the API and the gateway.
+#[derive(Clone)]
+pub struct Shelf {
+    held: Arc<RwLock<(ModelCatalog, Vec<Template>)>>,
+    /// The folders' watcher; replaced when the places change (a reload).
+    watching: Arc<Mutex<Option<notify::RecommendedWatcher>>>,
+    /// Told how many models each scan found.
+    announce: Arc<dyn Fn(usize) + Send + Sync>,
+}
+
+/// Changes that come together (a copy in progress, a folder of files) are
+/// one rescan, this long after the first.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl Default for Shelf {
+    fn default() -> Self {
+        Self::new(|_| {})
+    }
+}
 
 impl Shelf {
+    /// An empty shelf that tells `announce` how many models each scan found.
+    pub fn new(announce: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        Self {
+            held: Arc::default(),
+            watching: Arc::default(),
+            announce: Arc::new(announce),
+        }
+    }
+
     fn held(&self) -> std::sync::RwLockReadGuard<'_, (ModelCatalog, Vec<Template>)> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.held.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// What the last scan found.
@@ -112,7 +136,7 @@ impl Shelf {
         Some((model.clone(), template.clone()))
     }
 
-    /// Scans again and keeps what it finds.
+    /// Scans `places` now and keeps what it finds.
     pub async fn rescan(&self, places: Places, templates: Vec<Template>) {
         let scanned = tokio::task::spawn_blocking(move || {
             let catalog = ModelCatalog::scan(&places, &templates);
@@ -120,11 +144,52 @@ impl Shelf {
         })
         .await;
         if let Ok(scanned) = scanned {
-            *self
-                .0
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = scanned;
+            let found = scanned.0.models.len();
+            *self.held.write().unwrap_or_else(PoisonError::into_inner) = scanned;
+            (self.announce)(found);
         }
+    }
+
+    /// Scans `places` now, and again whenever something changes in their
+    /// folders, until the next `follow`. A folder that cannot be watched is
+    /// said (and rescanned on reload only).
+    pub async fn follow(&self, places: Places, templates: Vec<Template>) {
+        use notify::Watcher;
+        self.rescan(places.clone(), templates.clone()).await;
+        if templates.is_empty() {
+            *self.watching.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            return;
+        }
+        let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let worth =
+                event.is_ok_and(|event| !matches!(event.kind, notify::EventKind::Access(_)));
+            if worth {
+                let _ = changed.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!("the catalog's folders are not watched: {error}");
+                return;
+            }
+        };
+        for dir in places.dirs.iter().chain(&places.huggingface_hub) {
+            if let Err(error) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+                tracing::warn!("{} is not watched: {error}", dir.display());
+            }
+        }
+        // The old watcher goes, and with it its task (its channel closes).
+        *self.watching.lock().unwrap_or_else(PoisonError::into_inner) = Some(watcher);
+        let shelf = self.clone();
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                shelf.rescan(places.clone(), templates.clone()).await;
+            }
+        });
     }
 }
 

@@ -119,7 +119,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let count = supervisor.statuses().len();
         tokio::spawn(report(supervisor.events()));
         let (closing, closed) = watch::channel(false);
-        let shelf = crate::catalog::Shelf::default();
+        let shelf = crate::catalog::Shelf::new(|found| {
+            say!("nanny: the catalog has {found} model(s) (`nanny models`)");
+        });
         let gateway = Gateway::with_on_demand(
             supervisor.clone(),
             config.gateway.clone(),
@@ -133,9 +135,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tokio::spawn(gateway.clone().stop_idle_services());
         if !config.catalog.is_empty() {
             let catalog = config.catalog.clone();
-            shelf.rescan(catalog.places, catalog.templates).await;
-            let found = shelf.read().models.len();
-            say!("nanny: the catalog has {found} model(s) (`nanny models`)");
+            shelf.follow(catalog.places, catalog.templates).await;
         }
         let api = Arc::new(ApiState {
             supervisor: supervisor.clone(),
@@ -261,7 +261,7 @@ async fn reload_from(
         tracing::warn!("cannot remember the ports picked: {error}");
     }
     let catalog = checked.config.catalog.clone();
-    shelf.rescan(catalog.places, catalog.templates).await;
+    shelf.follow(catalog.places, catalog.templates).await;
     supervisor
         .reload(checked.specs)
         .await
