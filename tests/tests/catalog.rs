@@ -147,3 +147,52 @@ models = ["tiny-llama-2"]
     let (_, listed) = call("GET", &format!("{}/v1/models", daemon.url), None);
     assert!(listed.to_string().contains("\"tiny-llama\""), "{listed}");
 }
+
+/// Two catalog models whose template leases GPU 0: asking for one, then the
+/// other, swaps them on the (fake) GPU, as configured services are.
+#[test]
+fn catalog_models_on_one_gpu_are_swapped() {
+    let model = std::fs::read(&llama_cpp().model).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("left.gguf"), &model).unwrap();
+    std::fs::write(models.join("right.gguf"), &model).unwrap();
+    let daemon = nanny_tests::daemon_with_fake_gpus(
+        dir.path(),
+        &format!(
+            "[catalog]\ndirs = [{:?}]\n\n[[catalog.templates]]\nmatch = \"*.gguf\"\nbackend = \"mock\"\ngpus = [0]\n",
+            models.display().to_string()
+        ),
+    );
+    daemon.expect(|line| line.starts_with("nanny: the catalog has 2 model(s)"));
+    let ask = |model: &str| {
+        let mut answer = nanny_tests::agent()
+            .post(&format!("{}/v1/chat/completions", daemon.url))
+            .header("Content-Type", "application/json")
+            .send(&format!(
+                r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}"#
+            ))
+            .unwrap();
+        let body = answer.body_mut().read_to_string().unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{model}: {body}");
+    };
+    ask("left");
+    ask("right");
+    daemon.expect(|line| line.starts_with("[cat-left] stopped") && line.contains("cat-right"));
+    let (_, gpus) = call("GET", &format!("{}/v1/gpus", daemon.url), None);
+    let leases = gpus["devices"][0]["leases"].to_string();
+    assert!(
+        leases.contains("cat-right") && !leases.contains("cat-left"),
+        "{gpus:#}"
+    );
+    let (_, right) = call(
+        "GET",
+        &format!("{}/v1/services/cat-right/config", daemon.url),
+        None,
+    );
+    assert!(
+        right["gpu"]["vram_mib"].as_u64().is_some(),
+        "the model's estimate: {right:#}"
+    );
+}

@@ -22,6 +22,8 @@ pub struct Template {
     pub context: Option<u64>,
     /// The backend that serves what the template matches.
     pub backend: String,
+    /// The GPUs each of its services leases (for the model's estimated VRAM).
+    pub gpus: crate::gpu::GpuDevices,
     /// Its settings, as the plugin takes them.
     pub settings: Vec<crate::plugin::Setting>,
     /// Stopped this long after its last request; `None`: never.
@@ -217,6 +219,11 @@ pub fn service_for(
     spec.autostart = false;
     spec.models = vec![model.id.clone()];
     spec.idle_stop = template.idle_timeout;
+    spec.gpu = crate::gpu::GpuRequest {
+        devices: template.gpus.clone(),
+        vram_mib: model.vram_estimate_mib,
+        ..crate::gpu::GpuRequest::default()
+    };
     spec.description = Some(format!(
         "catalog model `{}` ({}), served as `{}` says",
         model.id,

@@ -54,6 +54,9 @@ pub struct RawTemplate {
     pub backend: Spanned<String>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub idle_timeout: Option<Duration>,
+    /// As a service's `gpus`: a count or a list of devices. The lease asks
+    /// for the model's estimated VRAM.
+    pub gpus: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub settings: toml::Table,
     /// Keep the service listed (`nanny ps`) once it is stopped and idle.

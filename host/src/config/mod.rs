@@ -739,9 +739,21 @@ fn catalog_config(
                 )),
             }
         }
+        let gpus = match &template.gpus {
+            None => crate::gpu::GpuDevices::None,
+            Some(gpus) => file::gpu_devices(gpus.get_ref()).unwrap_or_else(|message| {
+                errors.push(source.error(
+                    gpus.span().start,
+                    format!("catalog.templates[{index}].gpus"),
+                    message,
+                ));
+                crate::gpu::GpuDevices::None
+            }),
+        };
         templates.push(crate::catalog::Template {
             pattern: pattern.clone(),
             context,
+            gpus,
             backend: template.backend.get_ref().clone(),
             settings,
             idle_timeout: template.idle_timeout.filter(|idle| !idle.is_zero()),
@@ -1126,5 +1138,58 @@ impl PortPicker {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod catalog_tests {
+    use super::*;
+
+    #[test]
+    fn catalog_templates_are_read_with_their_gpus_and_context_and_checked() {
+        let text = r#"
+[catalog]
+dirs = ["models"]
+
+[[catalog.templates]]
+match = "*.gguf"
+backend = "llama-cpp"
+gpus = 1
+idle_timeout = "10m"
+settings = { ctx_size = 8192 }
+
+[[catalog.templates]]
+match = "dir:*"
+backend = "vllm"
+keep = true
+"#;
+        let config = Config::parse(Path::new("/etc/nanny/nanny.toml"), text.into()).unwrap();
+        let templates = &config.catalog.templates;
+        assert_eq!(templates[0].gpus, crate::gpu::GpuDevices::Count(1));
+        assert_eq!(templates[0].context, Some(8192));
+        assert_eq!(
+            templates[0].idle_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert!(templates[1].keep && templates[1].gpus == crate::gpu::GpuDevices::None);
+        assert!(config.catalog.places.dirs[0].starts_with("/etc/nanny/models"));
+
+        let errors_of = |text: &str| {
+            Config::parse(Path::new("nanny.toml"), text.into())
+                .err()
+                .map(|errors| errors.to_string())
+                .unwrap_or_default()
+        };
+        let bad = "[[catalog.templates]]\nmatch = \"a/*.gguf\"\nbackend = \"x\"\ngpus = \"lots\"\n";
+        let errors = errors_of(bad);
+        for key in ["catalog.templates[0].match", "catalog.templates[0].gpus"] {
+            assert!(errors.contains(key), "{key} in {errors}");
+        }
+        let unknown =
+            errors_of("[[catalog.templates]]\nmatch = \"*\"\nbackend = \"x\"\nflavour = 1\n");
+        assert!(
+            unknown.contains("nanny.toml:4: `flavour`: unknown key"),
+            "{unknown}"
+        );
     }
 }
