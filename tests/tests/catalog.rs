@@ -5,6 +5,16 @@
 
 use nanny_tests::{call, llama_cpp, nanny_bin, port_range_line, Daemon};
 
+/// The `openai` SDK asks for a model by name; prints what it answered.
+const ASK: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="not-needed-on-loopback", max_retries=0, timeout=120)
+answer = client.chat.completions.create(model=sys.argv[2], messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+print(json.dumps({"content": answer.choices[0].message.content}))
+"#;
+
 #[test]
 fn a_folder_of_ggufs_is_a_catalog_of_models() {
     let model = std::fs::read(&llama_cpp().model).unwrap();
@@ -111,18 +121,19 @@ models = ["tiny-llama-2"]
         catalog["models"].to_string().contains("\"late\""),
         "{catalog:#}"
     );
+    let (_, listed) = call("GET", &format!("{}/v1/models", daemon.url), None);
+    assert!(
+        listed.to_string().contains("\"late\""),
+        "routable: {listed}"
+    );
 
-    // Asked for by name: a service made from the template, started through
-    // the real llama-server, answers; idle, it is stopped and forgotten.
-    let mut answer = nanny_tests::agent()
-        .post(&format!("{}/v1/chat/completions", daemon.url))
-        .header("Content-Type", "application/json")
-        .send(r#"{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}"#)
-        .unwrap();
-    let body = answer.body_mut().read_to_string().unwrap();
-    assert_eq!(answer.status().as_u16(), 200, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(body["choices"][0]["message"].is_object(), "{body}");
+    // Asked for by name through the `openai` SDK: a service made from the
+    // template, started through the real llama-server, answers; idle, it is
+    // stopped and forgotten.
+    let python = nanny_tests::python_with("openai==1.109.1");
+    let answer =
+        nanny_tests::run_python(&python, ASK, &[&format!("{}/v1", daemon.url), "tiny-llama"]);
+    assert!(answer["content"].is_string(), "{answer}");
     let (_, made) = call(
         "GET",
         &format!("{}/v1/services/cat-tiny-llama", daemon.url),
