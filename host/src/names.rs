@@ -13,6 +13,19 @@ pub fn is_valid(name: &str) -> bool {
         })
 }
 
+/// `name`, when it may name a service; else why not, in the words every
+/// surface (API, gateway, MCP) answers with.
+pub fn checked(name: &str) -> Result<&str, String> {
+    if is_valid(name) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{}` is not a service name (lowercase letters, digits and `_.-`, at most 63)",
+            name.escape_default()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_valid;

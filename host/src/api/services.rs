@@ -16,14 +16,7 @@ type Api = State<Arc<ApiState>>;
 
 /// The name from the path, if it is a name at all.
 pub(super) fn checked(name: &str) -> Result<&str, ApiError> {
-    if crate::names::is_valid(name) {
-        Ok(name)
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`{}` is not a service name (lowercase letters, digits and `_.-`, at most 63)",
-            name.escape_default()
-        )))
-    }
+    crate::names::checked(name).map_err(ApiError::bad_request)
 }
 
 fn view(api: &ApiState, name: &str) -> Result<ServiceView, ApiError> {

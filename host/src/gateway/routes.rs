@@ -294,16 +294,10 @@ fn service_param(params: &[(String, String)]) -> Result<String, GatewayError> {
     let name = params
         .iter()
         .find(|(key, _)| key == "name")
-        .map(|(_, value)| value.clone())
-        .unwrap_or_default();
-    if crate::names::is_valid(&name) {
-        Ok(name)
-    } else {
-        Err(GatewayError::bad_request(format!(
-            "`{}` is not a service name",
-            name.escape_default()
-        )))
-    }
+        .map_or("", |(_, value)| value.as_str());
+    crate::names::checked(name)
+        .map(str::to_string)
+        .map_err(GatewayError::bad_request)
 }
 
 /// `path` with the request's query, if it has one.

@@ -21,6 +21,8 @@ use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, Ser
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::names::checked;
+
 /// One answer of the control API.
 pub struct Answer {
     pub status: u16,
@@ -88,18 +90,6 @@ pub struct EventsRequest {
     pub service: Option<String>,
     /// At most this many, the latest (default 50).
     pub last: Option<u32>,
-}
-
-/// Whether `name` may become part of an API path: a service name, nothing else.
-fn checked(name: &str) -> Result<&str, String> {
-    if crate::names::is_valid(name) {
-        Ok(name)
-    } else {
-        Err(format!(
-            "`{}` is not a service name: lowercase letters, digits, `_`, `.` and `-`, starting with a letter or digit",
-            name.escape_default()
-        ))
-    }
 }
 
 /// What a tool answers: the API's JSON, or its error as a tool error.

@@ -188,14 +188,7 @@ fn speaks(version: &str) -> bool {
 
 impl From<bindings::nanny::backend::types::SettingSpec> for SettingInfo {
     fn from(spec: bindings::nanny::backend::types::SettingSpec) -> Self {
-        use bindings::nanny::backend::types::Value;
-        let default = spec.default.map(|value| match value {
-            Value::Text(text) => serde_json::Value::from(text),
-            Value::Integer(number) => serde_json::Value::from(number),
-            Value::Float(number) => serde_json::Value::from(number),
-            Value::Boolean(flag) => serde_json::Value::from(flag),
-            Value::List(items) => serde_json::Value::from(items),
-        });
+        let default = spec.default.as_ref().map(super::value_json);
         Self {
             key: spec.key,
             help: spec.help,

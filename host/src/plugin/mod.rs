@@ -16,6 +16,17 @@ pub use bindings::exports::nanny::backend::session::{
     ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service,
 };
 pub use bindings::nanny::backend::types::{Gpu, Launch, Probe, Process, Setting, Value};
+
+/// A setting's value as JSON, for people and the API.
+pub fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Text(text) => serde_json::Value::from(text.as_str()),
+        Value::Integer(number) => serde_json::Value::from(*number),
+        Value::Float(number) => serde_json::Value::from(*number),
+        Value::Boolean(flag) => serde_json::Value::from(*flag),
+        Value::List(items) => serde_json::Value::from(items.clone()),
+    }
+}
 pub use bindings::WIT_VERSION;
 pub use catalog::{builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, SettingInfo};
 pub use engine::{Limits, PluginEngine};

@@ -126,7 +126,12 @@ impl ServiceSpec {
             .service
             .settings
             .iter()
-            .map(|setting| (setting.key.clone(), setting_json(&setting.value)))
+            .map(|setting| {
+                (
+                    setting.key.clone(),
+                    crate::plugin::value_json(&setting.value),
+                )
+            })
             .collect();
         let env: std::collections::BTreeMap<&str, String> = self
             .service
@@ -172,17 +177,6 @@ impl ServiceSpec {
             "gpu": self.gpu,
             "settings": settings,
         })
-    }
-}
-
-fn setting_json(value: &crate::plugin::Value) -> serde_json::Value {
-    use crate::plugin::Value;
-    match value {
-        Value::Text(text) => serde_json::json!(text),
-        Value::Integer(number) => serde_json::json!(number),
-        Value::Float(number) => serde_json::json!(number),
-        Value::Boolean(flag) => serde_json::json!(flag),
-        Value::List(items) => serde_json::json!(items),
     }
 }
 
