@@ -122,6 +122,24 @@ pub struct ListedModel {
 
 impl Gateway {
     pub fn new(supervisor: Arc<Supervisor>, settings: GatewayConfig) -> Arc<Self> {
+        Self::build(supervisor, settings, None)
+    }
+
+    /// The gateway, asking `make` for a service when a request names a model
+    /// no service serves (the daemon's catalog answers).
+    pub fn with_on_demand(
+        supervisor: Arc<Supervisor>,
+        settings: GatewayConfig,
+        make: OnDemand,
+    ) -> Arc<Self> {
+        Self::build(supervisor, settings, Some(make))
+    }
+
+    fn build(
+        supervisor: Arc<Supervisor>,
+        settings: GatewayConfig,
+        on_demand: Option<OnDemand>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             supervisor,
             client: proxy::client(),
@@ -132,23 +150,9 @@ impl Gateway {
             next_request: std::sync::atomic::AtomicU64::new(1),
             slots: Mutex::default(),
             queued: Arc::default(),
-            on_demand: None,
+            on_demand,
             settings,
         })
-    }
-
-    /// The gateway, asking `make` for a service when a request names a model
-    /// no service serves (the daemon's catalog answers).
-    pub fn with_on_demand(
-        supervisor: Arc<Supervisor>,
-        settings: GatewayConfig,
-        make: OnDemand,
-    ) -> Arc<Self> {
-        let mut gateway = Self::new(supervisor, settings);
-        if let Some(only) = Arc::get_mut(&mut gateway) {
-            only.on_demand = Some(make);
-        }
-        gateway
     }
 
     /// A slot under the service's `max_concurrent`: at once; or after waiting

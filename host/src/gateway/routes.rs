@@ -348,15 +348,14 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     use futures_util::StreamExt;
     let mut chunks = body.into_data_stream();
-    // A small body comes in one chunk, kept as it is; more are joined.
-    let mut first: Option<Bytes> = None;
-    let mut whole = Vec::new();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut read = 0;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|error| {
             GatewayError::bad_request(format!("the request body could not be read: {error}"))
         })?;
-        let read = first.as_ref().map_or(0, Bytes::len) + whole.len();
-        if read + chunk.len() > limit {
+        read += chunk.len();
+        if read > limit {
             let mut drained = 0;
             let drain = async {
                 while let Some(Ok(chunk)) = chunks.next().await {
@@ -373,17 +372,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
                 format!("the request body is over the gateway's limit of {limit} bytes (`[gateway] max_body`)"),
             ));
         }
-        match first.take() {
-            None if whole.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    whole.extend_from_slice(&earlier);
-                }
-                whole.extend_from_slice(&chunk);
-            }
-        }
+        parts.push(chunk);
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(whole)))
+    // A small body comes in one chunk, kept as it is; more are joined.
+    Ok(match parts.len() {
+        1 => parts.swap_remove(0),
+        _ => Bytes::from(parts.concat()),
+    })
 }
 
 fn json_model(body: &[u8]) -> Result<String, GatewayError> {

@@ -107,17 +107,23 @@ impl NannyMcp {
         Self { daemon }
     }
 
+    /// The API's answer when it is a success; else its error message.
+    async fn body(&self, post: bool, path: String) -> Result<Vec<u8>, String> {
+        let answer = self.daemon.call(post, path).await?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let message = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .and_then(|value| value["error"]["message"].as_str().map(str::to_string));
+        Err(message.unwrap_or_else(|| format!("the daemon answered {}", answer.status)))
+    }
+
     /// The API's JSON answer, or its error message.
     async fn json(&self, post: bool, path: String) -> Result<Value, String> {
-        let answer = self.daemon.call(post, path).await?;
-        let value = serde_json::from_slice::<Value>(&answer.body);
-        if !(200..300).contains(&answer.status) {
-            let message = value
-                .ok()
-                .and_then(|value| value["error"]["message"].as_str().map(str::to_string));
-            return Err(message.unwrap_or_else(|| format!("the daemon answered {}", answer.status)));
-        }
-        value.map_err(|error| format!("the daemon's answer made no sense: {error}"))
+        let body = self.body(post, path).await?;
+        serde_json::from_slice(&body)
+            .map_err(|error| format!("the daemon's answer made no sense: {error}"))
     }
 
     /// A tool on one service: its API path made from the checked name.
@@ -152,11 +158,8 @@ impl NannyMcp {
             Some(name) => Some(checked(name)?.to_string()),
             None => None,
         };
-        let answer = self.daemon.call(false, path).await?;
-        if !(200..300).contains(&answer.status) {
-            return Err(format!("the daemon answered {}", answer.status));
-        }
-        let text = String::from_utf8_lossy(&answer.body);
+        let body = self.body(false, path).await?;
+        let text = String::from_utf8_lossy(&body);
         let mut events: Vec<Value> = text
             .lines()
             .filter_map(|line| line.strip_prefix("data:"))
