@@ -85,8 +85,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Where the model catalog looks, and its templates' matches.
     pub catalog: CatalogConfig,
-    /// The templates as written, for what is checked against the plugins.
-    raw_templates: Vec<file::RawTemplate>,
+    /// Where each template's `backend` is written, to say so when no plugin
+    /// has that name.
+    template_backends_at: Vec<usize>,
     text: String,
     manifests: Vec<ManifestFile>,
     services: Vec<Declared>,
@@ -225,7 +226,12 @@ impl Config {
             daemon,
             gateway,
             catalog,
-            raw_templates: raw.catalog.templates,
+            template_backends_at: raw
+                .catalog
+                .templates
+                .iter()
+                .map(|template| template.backend.span().start)
+                .collect(),
             declared_gpus: raw.gpus,
             text,
             manifests,
@@ -236,11 +242,16 @@ impl Config {
     fn source_of(&self, declared: &Declared) -> Source<'_> {
         match declared.manifest {
             Some(index) => self.manifests[index].source(),
-            None => Source {
-                path: &self.path,
-                text: &self.text,
-                yaml: None,
-            },
+            None => self.file_source(),
+        }
+    }
+
+    /// `nanny.toml` itself, for errors about what it says.
+    fn file_source(&self) -> Source<'_> {
+        Source {
+            path: &self.path,
+            text: &self.text,
+            yaml: None,
         }
     }
 
@@ -256,18 +267,17 @@ impl Config {
             self.remembered_ports(),
         );
         // A template names a backend that exists.
-        for (index, template) in self.raw_templates.iter().enumerate() {
-            let backend = template.backend.get_ref();
-            if catalog.get(backend).is_none() {
-                let source = Source {
-                    path: &self.path,
-                    text: &self.text,
-                    yaml: None,
-                };
-                errors.push(source.error(
-                    template.backend.span().start,
+        let templates = self
+            .catalog
+            .templates
+            .iter()
+            .zip(&self.template_backends_at);
+        for (index, (template, &offset)) in templates.enumerate() {
+            if catalog.get(&template.backend).is_none() {
+                errors.push(self.file_source().error(
+                    offset,
                     format!("catalog.templates[{index}].backend"),
-                    format!("no backend named `{backend}`"),
+                    format!("no backend named `{}`", template.backend),
                 ));
             }
         }
@@ -683,7 +693,6 @@ fn gpu_request(
     request
 }
 
-/// `probes.path`, or a manifest's `health_endpoint` (not both); it must be a path.
 /// The model catalog's places and templates, as configured.
 #[derive(Debug, Clone, Default)]
 pub struct CatalogConfig {
@@ -785,9 +794,8 @@ fn mcp_path(
         && !text.split('/').any(|part| part == "..")
         && !text.contains(|c: char| c.is_whitespace() || c.is_control());
     if fine {
-        Some(text.trim_end_matches('/').to_string())
-            .filter(|path| !path.is_empty())
-            .or(Some("/".into()))
+        let trimmed = text.trim_end_matches('/');
+        Some(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
     } else {
         errors.push(source.error(
             path.span().start,
@@ -801,6 +809,7 @@ fn mcp_path(
     }
 }
 
+/// `probes.path`, or a manifest's `health_endpoint` (not both); it must be a path.
 fn health_path(
     source: &Source<'_>,
     declared: &Declared,
