@@ -26,11 +26,7 @@ fn view(api: &ApiState, name: &str) -> Result<ServiceView, ApiError> {
 
 /// The view, with where nanny serves the service's MCP tools if it has any.
 fn with_mcp(api: &ApiState, mut view: ServiceView) -> ServiceView {
-    let offers_mcp = api
-        .supervisor
-        .routable_named(&view.name)
-        .is_some_and(|routable| routable.mcp_path.is_some());
-    if offers_mcp {
+    if api.supervisor.offers_mcp(&view.name) {
         view.mcp = Some(format!("/mcp/services/{}", view.name));
     }
     view

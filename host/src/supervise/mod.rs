@@ -107,11 +107,18 @@ struct ServiceHandle {
     resolved: serde_json::Value,
     /// Why the next stop happens, for its events (shared with its runner).
     stop_reason: Arc<std::sync::Mutex<Option<String>>>,
-    /// Made on demand (a catalog model asked for), not configured: a reload
-    /// leaves it be.
-    on_demand: bool,
-    /// Made on demand without `keep`: forgotten once stopped for idleness.
-    forgettable: bool,
+    /// Configured, or made on demand (a reload leaves those be).
+    origin: Origin,
+}
+
+/// Where a service comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The configuration: a reload adds, changes and removes it.
+    Configured,
+    /// Made for a catalog model asked for; without `keep` it is forgotten
+    /// once stopped for idleness.
+    OnDemand { keep: bool },
 }
 
 /// What the gateway routes by, as configured.
@@ -488,8 +495,7 @@ impl Supervisor {
                     route,
                     resolved,
                     stop_reason,
-                    on_demand: false,
-                    forgettable: false,
+                    origin: Origin::Configured,
                 },
             );
         }
@@ -513,7 +519,8 @@ impl Supervisor {
             .services
             .iter()
             .filter(|(name, handle)| {
-                handle.on_demand && !specs.iter().any(|spec| spec.service.name == **name)
+                handle.origin != Origin::Configured
+                    && !specs.iter().any(|spec| spec.service.name == **name)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -621,8 +628,7 @@ impl Supervisor {
         topology.order.push(name.clone());
         self.add_services(&mut topology, vec![spec], BTreeMap::new());
         if let Some(handle) = topology.services.get_mut(&name) {
-            handle.on_demand = true;
-            handle.forgettable = !keep;
+            handle.origin = Origin::OnDemand { keep };
         }
         Ok(true)
     }
@@ -635,7 +641,7 @@ impl Supervisor {
             .read()
             .services
             .get(name)
-            .is_some_and(|handle| handle.forgettable);
+            .is_some_and(|handle| handle.origin == Origin::OnDemand { keep: false });
         if !forgettable {
             return Ok(false);
         }
@@ -798,6 +804,14 @@ impl Supervisor {
     /// How a service was configured, resolved (secrets hidden).
     pub fn resolved_config(&self, name: &str) -> Result<serde_json::Value, SuperviseError> {
         self.with_handle(name, |handle| handle.resolved.clone())
+    }
+
+    /// Whether `name` is an MCP server (`mcp = { path }`).
+    pub fn offers_mcp(&self, name: &str) -> bool {
+        self.read()
+            .services
+            .get(name)
+            .is_some_and(|handle| handle.route.mcp_path.is_some())
     }
 
     /// One service, as the gateway routes to it.
