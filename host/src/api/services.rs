@@ -99,10 +99,10 @@ pub async fn all_models(State(api): Api) -> Json<ModelList> {
         .collect::<Vec<_>>();
     // Catalog models no service claims: servable, not served yet.
     let mut data = data;
-    for model in &api.catalog.read().models {
-        if !data.iter().any(|listed| listed.id == model.id) {
+    for id in api.catalog.ids() {
+        if !data.iter().any(|listed| listed.id == id) {
             data.push(OpenAiModel {
-                id: model.id.clone(),
+                id,
                 object: "model".into(),
                 created: 0,
                 owned_by: "catalog".into(),

@@ -1,8 +1,10 @@
 //! The model catalog: the models on this machine's disks, found by walking
 //! `[catalog] dirs` (and the Hugging Face hub cache) and matching each file
 //! or model folder against the templates that say how to serve its kind.
-//! Scanning happens at start-up and on reload, on a blocking thread, never on
-//! a request's path; what could not be read is reported per entry.
+//! Scanning happens at start-up, on reload and when the folders change, on a
+//! blocking thread, never on a request's path; what could not be read is
+//! reported per entry. A rescan reads again only the GGUF headers of files
+//! that changed.
 
 pub mod gguf;
 
@@ -42,6 +44,9 @@ pub struct CatalogModel {
     pub path: PathBuf,
     /// Bytes on disk, every part of a split model together.
     pub size_bytes: u64,
+    /// When the file last changed: a rescan reads its header again only then.
+    #[serde(skip)]
+    pub modified: Option<std::time::SystemTime>,
     /// The `match` of the template that claimed it.
     pub template: String,
     /// For a split GGUF, how many files it is.
@@ -127,6 +132,16 @@ impl Shelf {
         self.held().0.clone()
     }
 
+    /// The ids of the models the last scan found.
+    pub fn ids(&self) -> Vec<String> {
+        self.held()
+            .0
+            .models
+            .iter()
+            .map(|model| model.id.clone())
+            .collect()
+    }
+
     /// The model clients call `id`, and the template that serves it.
     pub fn find(&self, id: &str) -> Option<(CatalogModel, Template)> {
         let held = self.held();
@@ -139,9 +154,10 @@ impl Shelf {
     }
 
     /// Scans `places` now and keeps what it finds.
-    pub async fn rescan(&self, places: Places, templates: Vec<Template>) {
+    async fn rescan(&self, places: Places, templates: Vec<Template>) {
+        let before = self.read();
         let scanned = tokio::task::spawn_blocking(move || {
-            let catalog = ModelCatalog::scan(&places, &templates);
+            let catalog = ModelCatalog::scan_after(&places, &templates, &before);
             (catalog, templates)
         })
         .await;
@@ -154,14 +170,16 @@ impl Shelf {
 
     /// Scans `places` now, and again whenever something changes in their
     /// folders, until the next `follow`. A folder that cannot be watched is
-    /// said (and rescanned on reload only).
+    /// said (and rescanned on reload only). Without templates nothing can be
+    /// a model: the catalog is empty, and nothing is scanned or watched.
     pub async fn follow(&self, places: Places, templates: Vec<Template>) {
         use notify::Watcher;
-        self.rescan(places.clone(), templates.clone()).await;
         if templates.is_empty() {
             *self.watching.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *self.held.write().unwrap_or_else(PoisonError::into_inner) = Default::default();
             return;
         }
+        self.rescan(places.clone(), templates.clone()).await;
         let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let worth =
@@ -245,15 +263,31 @@ struct Found {
     name: String,
     path: PathBuf,
     size_bytes: u64,
+    /// When the file (a split model's first part) last changed.
+    modified: Option<std::time::SystemTime>,
     template: usize,
     parts: u32,
     gguf: bool,
+}
+
+/// A file in a folder being walked.
+struct Entry {
+    name: String,
+    path: PathBuf,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
 impl ModelCatalog {
     /// Walks `places` and matches what it finds against `templates` (the
     /// first that matches wins).
     pub fn scan(places: &Places, templates: &[Template]) -> Self {
+        Self::scan_after(places, templates, &Self::default())
+    }
+
+    /// As [`scan`](Self::scan), taking the GGUF headers of the files that did
+    /// not change (same size, same modification time) from `before`.
+    pub fn scan_after(places: &Places, templates: &[Template], before: &Self) -> Self {
         let mut walk = Walk {
             templates,
             found: Vec::new(),
@@ -266,7 +300,7 @@ impl ModelCatalog {
         if let Some(hub) = &places.huggingface_hub {
             walk.hub(hub);
         }
-        walk.finish()
+        walk.finish(before)
     }
 }
 
@@ -323,7 +357,7 @@ impl Walk<'_> {
                     continue;
                 }
             };
-            let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+            let mut files: Vec<Entry> = Vec::new();
             let mut model_folder = false;
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -333,7 +367,12 @@ impl Walk<'_> {
                     Ok(meta) if meta.is_dir() => stack.push(path),
                     Ok(meta) => {
                         model_folder |= name == "config.json";
-                        files.push((name, path, meta.len()));
+                        files.push(Entry {
+                            name,
+                            path,
+                            size: meta.len(),
+                            modified: meta.modified().ok(),
+                        });
                     }
                     Err(error) => self.problem(&path, format!("cannot read it: {error}")),
                 }
@@ -346,11 +385,12 @@ impl Walk<'_> {
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 };
                 if let Some(template) = self.template_for(&name, true) {
-                    let size_bytes = files.iter().map(|(_, _, size)| size).sum();
+                    let size_bytes = files.iter().map(|file| file.size).sum();
                     self.found.push(Found {
                         name,
                         path: dir.clone(),
                         size_bytes,
+                        modified: None,
                         template,
                         parts: 1,
                         gguf: false,
@@ -363,49 +403,52 @@ impl Walk<'_> {
     }
 
     /// A folder's files: single models, and split GGUFs as one model each.
-    fn files(&mut self, files: Vec<(String, PathBuf, u64)>) {
+    fn files(&mut self, files: Vec<Entry>) {
         let mut splits: BTreeMap<String, Split> = BTreeMap::new();
-        for (name, path, size) in files {
-            let Some(template) = self.template_for(&name, false) else {
+        for file in files {
+            let Some(template) = self.template_for(&file.name, false) else {
                 continue;
             };
-            let stem = name
+            let stem = file
+                .name
                 .rsplit_once('.')
-                .map_or(name.as_str(), |(stem, _)| stem);
-            let is_gguf = name.to_ascii_lowercase().ends_with(".gguf");
+                .map_or(file.name.as_str(), |(stem, _)| stem);
+            let is_gguf = file.name.to_ascii_lowercase().ends_with(".gguf");
             if let Some((base, part, of)) = is_gguf.then(|| split_part(stem)).flatten() {
                 let entry = splits
                     .entry(base.to_string())
                     .or_insert((of, BTreeMap::new()));
-                entry.1.insert(part, (path, size));
+                entry.1.insert(part, (file, template));
                 continue;
             }
             self.found.push(Found {
                 name: stem.to_string(),
-                path,
-                size_bytes: size,
+                path: file.path,
+                size_bytes: file.size,
+                modified: file.modified,
                 template,
                 parts: 1,
                 gguf: is_gguf,
             });
         }
-        for (base, (of, parts)) in splits {
-            let Some((first, _)) = parts.get(&1).cloned() else {
-                if let Some((_, (path, _))) = parts.iter().next() {
+        for (base, (of, mut parts)) in splits {
+            let size_bytes = parts.values().map(|(file, _)| file.size).sum();
+            let missing: Vec<String> = (1..=of)
+                .filter(|number| !parts.contains_key(number))
+                .map(|number| number.to_string())
+                .collect();
+            let Some((first, template)) = parts.remove(&1) else {
+                if let Some((_, (file, _))) = parts.iter().next() {
                     self.problem(
-                        path,
+                        &file.path,
                         format!("part of the split model `{base}`, whose first part is missing"),
                     );
                 }
                 continue;
             };
-            let missing: Vec<String> = (1..=of)
-                .filter(|number| !parts.contains_key(number))
-                .map(|number| number.to_string())
-                .collect();
             if !missing.is_empty() {
                 self.problem(
-                    &first,
+                    &first.path,
                     format!(
                         "the split model `{base}` lacks part(s) {} of {of}",
                         missing.join(", ")
@@ -413,18 +456,11 @@ impl Walk<'_> {
                 );
                 continue;
             }
-            let Some(template) = self.template_for(
-                &first
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                false,
-            ) else {
-                continue;
-            };
             self.found.push(Found {
                 name: base,
-                path: first,
-                size_bytes: parts.values().map(|(_, size)| size).sum(),
+                path: first.path,
+                size_bytes,
+                modified: first.modified,
                 template,
                 parts: of,
                 gguf: true,
@@ -472,7 +508,12 @@ impl Walk<'_> {
 
     /// Ids given out (normalised, collisions suffixed and reported), GGUF
     /// headers read, in a stable order.
-    fn finish(mut self) -> ModelCatalog {
+    fn finish(mut self, before: &ModelCatalog) -> ModelCatalog {
+        let known: std::collections::HashMap<&Path, &CatalogModel> = before
+            .models
+            .iter()
+            .map(|model| (model.path.as_path(), model))
+            .collect();
         self.found.sort_by(|a, b| a.path.cmp(&b.path));
         let mut taken: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut models = Vec::new();
@@ -497,7 +538,16 @@ impl Walk<'_> {
             taken.insert(id.clone(), found.path.clone());
             let template = &self.templates[found.template];
             let (gguf, vram_estimate_mib) = if found.gguf {
-                match gguf::read(&found.path) {
+                let unchanged = known.get(found.path.as_path()).filter(|model| {
+                    model.size_bytes == found.size_bytes
+                        && model.modified.is_some()
+                        && model.modified == found.modified
+                });
+                let header = match unchanged.and_then(|model| model.gguf.clone()) {
+                    Some(header) => Ok(header),
+                    None => gguf::read(&found.path),
+                };
+                match header {
                     Ok(info) => {
                         let vram = info.vram_mib(found.size_bytes, template.context);
                         (Some(info), vram)
@@ -514,6 +564,7 @@ impl Walk<'_> {
                 id,
                 path: found.path,
                 size_bytes: found.size_bytes,
+                modified: found.modified,
                 template: template.pattern.clone(),
                 parts: found.parts,
                 gguf,
@@ -528,8 +579,8 @@ impl Walk<'_> {
 }
 
 /// A split model's parts as found: how many it says it has, and each found
-/// part's file and size by its number.
-type Split = (u32, BTreeMap<u32, (PathBuf, u64)>);
+/// part (and the template it matched) by its number.
+type Split = (u32, BTreeMap<u32, (Entry, usize)>);
 
 /// `qwen2.5-7b-instruct-q4_k_m-00001-of-00003` → (`qwen2.5-7b-instruct-q4_k_m`, 1, 3).
 fn split_part(stem: &str) -> Option<(&str, u32, u32)> {
@@ -692,6 +743,34 @@ mod tests {
         assert!(said("lacks part(s) 2, 3 of 3"), "{:#?}", catalog.problems);
         assert!(said("symbolic link loop"), "{:#?}", catalog.problems);
         assert!(said("`tiny-llama` is"), "{:#?}", catalog.problems);
+    }
+
+    #[test]
+    fn a_rescan_reads_again_only_the_headers_of_files_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let model = tiny_gguf("llama", 2048);
+        std::fs::write(&path, &model).unwrap();
+        let places = Places {
+            dirs: vec![dir.path().to_path_buf()],
+            huggingface_hub: None,
+        };
+        let first = ModelCatalog::scan(&places, &templates());
+        assert_eq!(first.models.len(), 1);
+        // Same size, same time: the header is the one read before, even
+        // though the bytes are now garbage (no read shows it).
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let modified = file.metadata().unwrap().modified().unwrap();
+        std::fs::write(&path, vec![0u8; model.len()]).unwrap();
+        file.set_modified(modified).unwrap();
+        let again = ModelCatalog::scan_after(&places, &templates(), &first);
+        assert_eq!(again.models, first.models);
+        // A new time: read again, and found to be no GGUF.
+        file.set_modified(modified + std::time::Duration::from_secs(1))
+            .unwrap();
+        let changed = ModelCatalog::scan_after(&places, &templates(), &again);
+        assert!(changed.models.is_empty(), "{changed:#?}");
+        assert!(changed.problems[0].problem.contains("not a GGUF file"));
     }
 
     #[test]

@@ -133,10 +133,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ),
         );
         tokio::spawn(gateway.clone().stop_idle_services());
-        if !config.catalog.is_empty() {
-            let catalog = config.catalog.clone();
-            shelf.follow(catalog.places, catalog.templates).await;
-        }
+        let catalog_config = config.catalog.clone();
+        shelf
+            .follow(catalog_config.places, catalog_config.templates)
+            .await;
         let api = Arc::new(ApiState {
             supervisor: supervisor.clone(),
             plugins: catalog

@@ -700,12 +700,6 @@ pub struct CatalogConfig {
     pub templates: Vec<crate::catalog::Template>,
 }
 
-impl CatalogConfig {
-    pub fn is_empty(&self) -> bool {
-        self.templates.is_empty()
-    }
-}
-
 /// `[catalog]`: relative folders are the configuration file's; a template's
 /// context is its settings' `ctx_size` or `max_model_len`.
 fn catalog_config(
