@@ -292,8 +292,8 @@ impl BackendKey<'_> {
 
     fn fill(&self, word: &str) -> String {
         match self.0 {
-            Some(key) if word.contains(Self::PLACEHOLDER) => word.replace(Self::PLACEHOLDER, key),
-            _ => word.to_string(),
+            Some(key) => word.replace(Self::PLACEHOLDER, key),
+            None => word.to_string(),
         }
     }
 
