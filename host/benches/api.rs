@@ -55,12 +55,14 @@ fn main() {
                 token: None,
                 listen: address,
                 api_keys: Default::default(),
+                cluster_token: None,
             },
             closing: closed,
             ready_calls: api::RateLimit::default(),
             reload: None,
             gateway: nanny::gateway::Gateway::new(supervisor.clone(), Default::default()),
             catalog: Default::default(),
+            cluster: None,
         });
         tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
         (address, supervisor, closing)

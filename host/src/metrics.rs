@@ -118,6 +118,8 @@ pub struct Snapshot {
     /// (service, lifetime restarts).
     pub restarts: Vec<(String, u32)>,
     pub gpus: Vec<GpuFigures>,
+    /// In a cluster: (connected to etcd, other nodes in view).
+    pub cluster: Option<(bool, usize)>,
 }
 
 /// One device as `/metrics` shows it.
@@ -323,6 +325,18 @@ impl Metrics {
             "Gateway requests waiting for a slot",
             queued,
         );
+        if let Some((connected, nodes)) = snapshot.cluster {
+            let link = Gauge::<i64>::default();
+            link.set(i64::from(connected));
+            registry.register(
+                "cluster_connected",
+                "1 while this node is registered in etcd, 0 while it is cut off",
+                link,
+            );
+            let others = Gauge::<i64>::default();
+            others.set(nodes as i64);
+            registry.register("cluster_nodes", "Other nodes in this node's view", others);
+        }
     }
 }
 

@@ -604,3 +604,84 @@ pub fn llama_cpp() -> &'static LlamaCpp {
         }
     })
 }
+
+/// A real etcd (Debian's `etcd-server`, which `.ci/run` installs) on a
+/// loopback port, with its data in a folder of the test's.
+pub struct Etcd {
+    child: Child,
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts etcd on `port` (a fresh member whose data lives in `data`) and
+    /// waits until it answers its health check.
+    pub fn start(data: &Path, port: u16) -> Self {
+        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|path| path.exists())
+            .or_else(|| {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("etcd"))
+                    .find(|candidate| candidate.is_file())
+            })
+            .expect("etcd is not installed: `apt-get install etcd-server` (.ci/run does)");
+        let url = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Self { child, url };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = agent()
+                .get(format!("{}/health", etcd.url))
+                .call()
+                .ok()
+                .and_then(|mut answer| answer.body_mut().read_to_string().ok())
+                .is_some_and(|body| body.contains("\"health\":\"true\""));
+            if healthy {
+                return etcd;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills etcd (as a crash would) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`; panics
+/// with `what` when it never does. For state another process reaches on its
+/// own time (a node seen through etcd), where there is no event to await.
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -20,6 +20,9 @@ pub struct Access {
     pub listen: SocketAddr,
     /// Keys that open the gateway's routes (and only those).
     pub api_keys: ApiKeys,
+    /// The cluster's shared token: other nodes' calls carry it, and it opens
+    /// what the daemon's token opens.
+    pub cluster_token: Option<String>,
 }
 
 /// `[gateway] api_keys` and `api_keys_file`, kept as SHA-256 digests: a key
@@ -98,20 +101,23 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Names a browser may use for this machine; anything else on a loopback daemon
-/// is a page elsewhere that re-pointed its DNS at us.
-fn is_local_host(host: &str) -> bool {
+/// Names a browser may use for this machine — and the address the daemon
+/// listens on, written as an address (no DNS name can rebind to that); anything
+/// else on a loopback daemon is a page elsewhere that re-pointed its DNS at us.
+fn is_local_host(host: &str, listen: std::net::IpAddr) -> bool {
     let name = match host.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
-    matches!(name, "localhost" | "127.0.0.1" | "::1") || name.ends_with(".localhost")
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>() == Ok(listen)
 }
 
 /// On a loopback daemon, why the request's Host does not prove a local caller.
 /// Fails closed: no Host on HTTP/1.1, two of them, one that is not text, or an
 /// absolute-form target naming elsewhere.
-fn foreign_host(request: &Request) -> Option<String> {
+fn foreign_host(request: &Request, listen: std::net::IpAddr) -> Option<String> {
     let headers = request.headers();
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
@@ -124,14 +130,14 @@ fn foreign_host(request: &Request) -> Option<String> {
         (None, None) if request.version() <= Version::HTTP_10 => None,
         (None, _) => return Some("no Host header".into()),
     };
-    if let Some(host) = host.filter(|host| !is_local_host(host)) {
+    if let Some(host) = host.filter(|host| !is_local_host(host, listen)) {
         return Some(format!(
             "Host `{}` is not this machine",
             host.escape_default()
         ));
     }
     let authority = request.uri().authority().map(|a| a.as_str());
-    if let Some(authority) = authority.filter(|authority| !is_local_host(authority)) {
+    if let Some(authority) = authority.filter(|authority| !is_local_host(authority, listen)) {
         return Some(format!("the target names `{authority}`, not this machine"));
     }
     None
@@ -226,7 +232,7 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
     }
     let access = &api.access;
     if access.listen.ip().is_loopback() {
-        if let Some(problem) = foreign_host(&request) {
+        if let Some(problem) = foreign_host(&request, access.listen.ip()) {
             let message = format!("{problem}; nanny answers to localhost only");
             return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
         }
@@ -241,10 +247,10 @@ pub async fn guard(State(api): State<Arc<ApiState>>, request: Request, next: Nex
     let keys = gateway && !access.api_keys.is_empty();
     if (access.token.is_some() || keys) && !open {
         let token_fits = |given: &str| {
-            access
-                .token
-                .as_ref()
-                .is_some_and(|token| crate::secrets::same(given, token))
+            [&access.token, &access.cluster_token]
+                .into_iter()
+                .flatten()
+                .any(|token| crate::secrets::same(given, token))
         };
         match bearer(request.headers()) {
             None => {
@@ -307,6 +313,9 @@ mod tests {
 
     #[test]
     fn only_local_names_pass_on_loopback() {
+        let listen: std::net::IpAddr = [127, 0, 0, 3].into();
+        let is_local_host = |host: &str| is_local_host(host, listen);
+        assert!(is_local_host("127.0.0.3:7878"), "the listen address itself");
         for good in [
             "localhost",
             "localhost:7878",

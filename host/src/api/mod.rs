@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod nodes;
 mod openapi;
 mod serve;
 mod services;
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub gateway: Arc<crate::gateway::Gateway>,
     /// The models on this machine's disks (`[catalog]`).
     pub catalog: crate::catalog::Shelf,
+    /// The other nodes, when this one is in a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// How the API asks for a reload: the daemon knows where its configuration is.
@@ -101,6 +104,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/services/{name}/logs", get(streams::logs))
         .route("/v1/services/{name}/models", get(services::models))
         .route("/v1/services/{name}/config", get(services::config))
+        .route("/v1/nodes", get(nodes::list))
+        .route(
+            "/v1/nodes/{node}/services/{name}/{action}",
+            post(nodes::act),
+        )
         .merge(ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

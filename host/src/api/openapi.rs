@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{services, streams, system};
+use super::{nodes, services, streams, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use super::{services, streams, system};
         services::list, services::one, services::models, services::config, services::all_models, services::catalog,
         services::start, services::stop, services::restart, services::ready,
         streams::logs, streams::events,
+        nodes::list, nodes::act,
     ),
     components(schemas(super::views::EventView, super::views::LogLineView)),
     modifiers(&BearerToken),

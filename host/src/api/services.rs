@@ -8,7 +8,7 @@ use axum::Json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{ActionQuery, ModelList, ModelView, OpenAiModel, ServiceView};
+use super::views::{ActionQuery, ListQuery, ModelList, ModelView, OpenAiModel, ServiceView};
 use super::ApiState;
 use crate::supervise::{State as ServiceState, StateChange};
 
@@ -32,17 +32,27 @@ fn with_mcp(api: &ApiState, mut view: ServiceView) -> ServiceView {
     view
 }
 
-/// Every service, in dependency order.
-#[utoipa::path(get, path = "/v1/services", tag = "services",
-    responses((status = 200, body = [ServiceView])))]
-pub async fn list(State(api): Api) -> Json<Vec<ServiceView>> {
+/// Every service, in dependency order; with `all=true`, then every other
+/// node's (by node).
+#[utoipa::path(get, path = "/v1/services", tag = "services", params(ListQuery),
+    responses((status = 200, body = [ServiceView]), (status = 400, body = ErrorBody)))]
+pub async fn list(State(api): Api, Query(query): Query<ListQuery>) -> Json<Vec<ServiceView>> {
     let statuses = api.supervisor.statuses();
-    Json(
-        statuses
-            .iter()
-            .map(|status| with_mcp(&api, ServiceView::from(status)))
-            .collect(),
-    )
+    let mut listed: Vec<ServiceView> = statuses
+        .iter()
+        .map(|status| with_mcp(&api, ServiceView::from(status)))
+        .collect();
+    if let (Some(true), Some(cluster)) = (query.all, &api.cluster) {
+        for node in cluster.nodes().into_iter().filter(|node| !node.local) {
+            let name = &node.record.node;
+            listed.extend(
+                node.services
+                    .iter()
+                    .map(|service| ServiceView::elsewhere(name, service)),
+            );
+        }
+    }
+    Json(listed)
 }
 
 /// One service.
@@ -94,7 +104,8 @@ pub async fn all_models(State(api): Api) -> Json<ModelList> {
             object: "model".into(),
             created: 0,
             owned_by: model.service,
-            status: model.status.to_string(),
+            status: model.status,
+            node: None,
         })
         .collect::<Vec<_>>();
     // Catalog models no service claims: servable, not served yet.
@@ -107,6 +118,20 @@ pub async fn all_models(State(api): Api) -> Json<ModelList> {
                 created: 0,
                 owned_by: "catalog".into(),
                 status: "available".into(),
+                node: None,
+            });
+        }
+    }
+    // Then what other nodes serve, as the gateway routes: here first.
+    for model in api.gateway.models_elsewhere() {
+        if !data.iter().any(|listed| listed.id == model.id) {
+            data.push(OpenAiModel {
+                id: model.id,
+                object: "model".into(),
+                created: 0,
+                owned_by: model.service,
+                status: model.status,
+                node: model.node,
             });
         }
     }

@@ -51,6 +51,7 @@ pub async fn info(State(api): State<Arc<ApiState>>) -> Json<InfoView> {
         ready: count(|state| *state == ServiceState::Ready),
         failed: count(|state| matches!(state, ServiceState::Failed { .. })),
         plugins: api.plugins.len() as u32,
+        cluster: api.cluster.as_ref().map(|cluster| cluster.info()),
     })
 }
 
@@ -144,6 +145,13 @@ pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
                 leases: device.leases.len(),
             })
             .collect(),
+        cluster: api.cluster.as_ref().map(|cluster| {
+            let info = cluster.info();
+            (
+                info.state == crate::cluster::LinkState::Connected,
+                info.nodes,
+            )
+        }),
     };
     let text = api.supervisor.metrics().render(&snapshot);
     (

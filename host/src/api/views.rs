@@ -66,6 +66,9 @@ pub struct ServiceView {
     /// when it is an MCP server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp: Option<String>,
+    /// The node it runs on, when `all=true` lists another node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl From<&ServiceStatus> for ServiceView {
@@ -89,6 +92,7 @@ impl From<&ServiceStatus> for ServiceView {
             failed_probes: None,
             models: status.models.iter().map(ModelView::from).collect(),
             mcp: None,
+            node: None,
         };
         match &status.state {
             State::Failed { reason } | State::Waiting { reason } => {
@@ -103,6 +107,51 @@ impl From<&ServiceStatus> for ServiceView {
         }
         view
     }
+}
+
+impl ServiceView {
+    /// Another node's service, as much as its record says.
+    pub fn elsewhere(node: &str, record: &crate::cluster::ServiceRecord) -> Self {
+        let state = serde_json::from_value(serde_json::Value::String(record.state.clone()))
+            .unwrap_or(StateName::Stopped);
+        Self {
+            name: record.name.clone(),
+            backend: record.backend.clone(),
+            plugin_version: String::new(),
+            state,
+            since_unix_ms: 0,
+            pid: None,
+            container_id: None,
+            launched_unix_ms: None,
+            port: record.port,
+            gpus: Vec::new(),
+            restarts: 0,
+            last_failure: None,
+            reason: None,
+            next_retry_unix_ms: None,
+            loading_percent: None,
+            failed_probes: None,
+            models: record
+                .models
+                .iter()
+                .map(|id| ModelView {
+                    id: id.clone(),
+                    owned_by: None,
+                    context_length: None,
+                })
+                .collect(),
+            mcp: None,
+            node: Some(node.to_string()),
+        }
+    }
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Also every other node's services (with `node` set), when in a cluster.
+    pub all: Option<bool>,
 }
 
 /// One model a backend serves, as its plugin read the backend's list.
@@ -142,6 +191,9 @@ pub struct OpenAiModel {
     /// That service's state (`ready`, `stopped`, `starting`, …): a stopped
     /// service's models are routable too, started on the first request.
     pub status: String,
+    /// The node that serves it, when another node of the cluster does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One state change, as `GET /v1/events` streams it.
@@ -253,6 +305,9 @@ pub struct InfoView {
     pub ready: u32,
     pub failed: u32,
     pub plugins: u32,
+    /// This node's place in its cluster (`[cluster]`), when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterInfo>,
 }
 
 /// `GET /health`.

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod infer;
 mod mcp;
+mod node;
 mod plugins;
 mod remote;
 mod run;
@@ -55,6 +56,14 @@ pub enum Command {
     },
     /// The services: name, backend, state, uptime, port, GPUs, restarts, models, reason.
     Ps {
+        #[arg(long)]
+        json: bool,
+        /// Every node's services too, with a NODE column (in a cluster).
+        #[arg(long)]
+        all: bool,
+    },
+    /// The cluster's nodes: address, GPUs, services, when last heard of.
+    Nodes {
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +145,9 @@ pub enum Command {
 pub struct Action {
     #[arg(required = true)]
     pub names: Vec<String>,
+    /// The node the services are on (in a cluster); this one by default.
+    #[arg(long)]
+    pub node: Option<String>,
     /// Ask, and do not wait.
     #[arg(long)]
     pub no_wait: bool,
@@ -197,7 +209,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }))
     };
     match cli.command {
-        Command::Ps { json } => remote(remote::ps(&client, json)),
+        Command::Ps { json, all } => remote(remote::ps(&client, json, all)),
+        Command::Nodes { json } => remote(remote::nodes(&client, json)),
         Command::Infer(args) => remote(infer::infer(&client, &args)),
         Command::Reload { json } => remote(remote::reload(&client, json)),
         Command::Start { action, force } => {
@@ -248,5 +261,10 @@ fn act(
     verb: remote::Verb,
     action: Action,
 ) -> Result<ExitCode, client::ClientError> {
-    remote::act(client, verb, &action.names, !action.no_wait, action.json)
+    let on = remote::On {
+        node: action.node.as_deref(),
+        wait: !action.no_wait,
+        json: action.json,
+    };
+    remote::act(client, verb, &action.names, on)
 }

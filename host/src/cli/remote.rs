@@ -79,15 +79,28 @@ fn service_path(name: &str) -> Result<String, ClientError> {
     }
 }
 
-/// `nanny ps`.
-pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
-    let services: Vec<ServiceView> = client.get("/v1/services")?;
+/// `nanny ps [--all]`.
+pub fn ps(client: &Client, json: bool, all: bool) -> Result<ExitCode, ClientError> {
+    let path = if all {
+        "/v1/services?all=true"
+    } else {
+        "/v1/services"
+    };
+    let services: Vec<ServiceView> = client.get(path)?;
     if json {
         print_json(&services);
         return Ok(ExitCode::SUCCESS);
     }
     let mut services = services;
-    services.sort_by(|a, b| a.name.cmp(&b.name));
+    // This node's first, then each other node's, by name.
+    services.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    let here = if all {
+        let info: InfoView = client.get("/v1/info")?;
+        info.cluster
+            .map_or_else(|| "-".to_string(), |cluster| cluster.node)
+    } else {
+        String::new()
+    };
     let rows: Vec<[String; 9]> = services
         .iter()
         .map(|service| {
@@ -115,6 +128,78 @@ pub fn ps(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
         .collect();
     let header = [
         "NAME", "BACKEND", "STATE", "UPTIME", "PORT", "GPUS", "RESTARTS", "MODELS", "REASON",
+    ];
+    if !all {
+        print!("{}", table(header, &rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let with_node: Vec<[String; 10]> = services
+        .iter()
+        .zip(rows)
+        .map(|(service, row)| {
+            let node = service.node.clone().unwrap_or_else(|| here.clone());
+            let [a, b, c, d, e, f, g, h, i] = row;
+            [node, a, b, c, d, e, f, g, h, i]
+        })
+        .collect();
+    let [a, b, c, d, e, f, g, h, i] = header;
+    print!("{}", table(["NODE", a, b, c, d, e, f, g, h, i], &with_node));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nanny nodes`.
+pub fn nodes(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
+    let nodes: Vec<crate::cluster::NodeView> = client.get("/v1/nodes")?;
+    if json {
+        print_json(&nodes);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if nodes.is_empty() {
+        println!("this nanny is in no cluster (set `[cluster] etcd` in its nanny.toml)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = nodes
+        .iter()
+        .map(|node| {
+            let record = &node.record;
+            let gpus: Vec<String> = record
+                .gpus
+                .iter()
+                .map(|gpu| match gpu.holders.as_slice() {
+                    [] => format!("{}:{}MiB", gpu.index, gpu.memory_mib),
+                    holders => {
+                        format!("{}:{}MiB({})", gpu.index, gpu.memory_mib, holders.join("+"))
+                    }
+                })
+                .collect();
+            let ready = node.services.iter().filter(|s| s.state == "ready").count();
+            let seen = if node.local {
+                "this node".to_string()
+            } else {
+                format!(
+                    "{} ago",
+                    human(Duration::from_millis(
+                        now_ms().saturating_sub(node.last_seen_unix_ms)
+                    ))
+                )
+            };
+            [
+                record.node.clone(),
+                record.advertise.clone(),
+                or_dash(gpus.join(" ")),
+                format!("{}/{} ready", ready, node.services.len()),
+                or_dash(record.capabilities.programs.join(",")),
+                seen,
+            ]
+        })
+        .collect();
+    let header = [
+        "NODE",
+        "ADDRESS",
+        "GPUS",
+        "SERVICES",
+        "PROGRAMS",
+        "LAST SEEN",
     ];
     print!("{}", table(header, &rows));
     Ok(ExitCode::SUCCESS)
@@ -146,21 +231,40 @@ impl Verb {
     }
 }
 
-/// `nanny start|stop|restart NAME...`: success when every service got there.
+/// Where and how `nanny start|stop|restart` acts.
+pub struct On<'a> {
+    /// Another node's services (through this daemon): `--node`.
+    pub node: Option<&'a str>,
+    pub wait: bool,
+    pub json: bool,
+}
+
+/// `nanny start|stop|restart NAME... [--node N]`: success when every service got there.
 pub fn act(
     client: &Client,
     verb: Verb,
     names: &[String],
-    wait: bool,
-    json: bool,
+    on: On<'_>,
 ) -> Result<ExitCode, ClientError> {
+    let On { node, wait, json } = on;
+    // `/v1/services/NAME`, or `/v1/nodes/NODE/services/NAME`.
+    let node_path = match node {
+        None => "/v1".to_string(),
+        Some(node) if crate::names::is_valid(node) => format!("/v1/nodes/{node}"),
+        Some(node) => {
+            return Err(ClientError::Refused {
+                status: 400,
+                message: format!("`{node}` is not a node name"),
+            })
+        }
+    };
     let mut all_there = true;
     let mut answers = Vec::new();
     for name in names {
         let force = matches!(verb, Verb::ForceStart);
         let path = format!(
-            "{}/{}?wait={wait}&force={force}",
-            service_path(name)?,
+            "{node_path}{}/{}?wait={wait}&force={force}",
+            service_path(name)?.trim_start_matches("/v1"),
             verb.word()
         );
         let service: ServiceView = {
@@ -341,6 +445,25 @@ pub fn info(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
             info.failed,
             info.plugins
         );
+        if let Some(cluster) = &info.cluster {
+            let since = human(Duration::from_millis(
+                now_ms().saturating_sub(cluster.since_unix_ms),
+            ));
+            let state = serde_json::to_value(&cluster.state)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let why = cluster
+                .error
+                .as_ref()
+                .map_or(String::new(), |error| format!(": {error}"));
+            println!(
+                "cluster: node `{}` {state} since {since} ago ({} other node(s) in view; etcd {}){why}",
+                cluster.node,
+                cluster.nodes,
+                cluster.etcd.join(",")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -92,6 +92,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             token,
             listen: bound,
             api_keys,
+            cluster_token: config
+                .cluster
+                .as_ref()
+                .and_then(|cluster| cluster.token.clone()),
         };
         if let Err(message) = access.check() {
             eprintln!("nanny: {message}");
@@ -122,16 +126,35 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let shelf = crate::catalog::Shelf::new(|found| {
             say!("nanny: the catalog has {found} model(s) (`nanny models`)");
         });
-        let gateway = Gateway::with_on_demand(
+        let local_node = super::node::LocalNode::new(supervisor.clone());
+        let cluster = config.cluster.clone().map(|mut settings| {
+            if settings.advertise.is_empty() {
+                settings.advertise = format!("http://{bound}");
+            }
+            crate::cluster::Cluster::new(settings, local_node.clone())
+        });
+        let gateway = Gateway::build(
             supervisor.clone(),
             config.gateway.clone(),
-            from_catalog(
+            Some(from_catalog(
                 shelf.clone(),
                 &catalog,
                 supervisor.clone(),
                 config.daemon.port_range,
-            ),
+            )),
+            cluster.clone(),
         );
+        local_node.serve_through(&gateway);
+        let registry = cluster.clone().map(|cluster| {
+            say!(
+                "nanny: node `{}` joins the cluster at {} (advertised as {})",
+                cluster.node(),
+                cluster.info().etcd.join(", "),
+                cluster.info().advertise
+            );
+            tokio::spawn(publish_state_changes(supervisor.events(), cluster.clone()));
+            tokio::spawn(crate::cluster::run(cluster, closed.clone()))
+        });
         tokio::spawn(gateway.clone().stop_idle_services());
         let catalog_config = config.catalog.clone();
         shelf
@@ -155,6 +178,7 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             )),
             gateway,
             catalog: shelf.clone(),
+            cluster,
         });
         let limits = api::ConnectionLimits {
             max_connections: config.daemon.max_connections,
@@ -192,6 +216,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let _ = closing.send(true);
         // Open requests get a moment to finish; streams end on `closing`.
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if let Some(registry) = registry {
+            // The lease is revoked: the other nodes see this one leave now.
+            let _ = tokio::time::timeout(Duration::from_secs(5), registry).await;
+        }
         containment.tear_down().await;
         say!(
             "nanny: {}",
@@ -207,6 +235,19 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// Every state change is something the cluster should hear of.
+async fn publish_state_changes(
+    mut events: tokio::sync::broadcast::Receiver<StateChange>,
+    cluster: Arc<crate::cluster::Cluster>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => cluster.local_changed(),
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// What the gateway asks when a request names a model no service serves: a

@@ -26,6 +26,30 @@ pub struct RawConfig {
     /// `[catalog]`: the models on this machine's disks.
     #[serde(default)]
     pub catalog: RawCatalog,
+    /// `[cluster]`: the etcd this node registers in, and how others reach it.
+    #[serde(default)]
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`: several machines, one endpoint. Off until `etcd` names endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd's client URLs (`http://127.0.0.1:2379`); `NANNY_ETCD` (comma-separated) overrides.
+    #[serde(default)]
+    pub etcd: Vec<Spanned<String>>,
+    /// This node's name (default: the host name); `NANNY_NODE` overrides.
+    pub node: Option<Spanned<String>>,
+    /// The URL other nodes reach this one at; `NANNY_ADVERTISE` overrides.
+    pub advertise: Option<Spanned<String>>,
+    /// Where in etcd the cluster's keys live (`/nanny/v1`).
+    pub prefix: Option<Spanned<String>>,
+    /// How long a node that stopped answering stays listed (`"10s"`).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub lease_ttl: Option<Duration>,
+    /// The cluster's shared token for node-to-node calls (relative to the
+    /// config file); `NANNY_CLUSTER_TOKEN_FILE` overrides.
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[catalog]`: where models are, and how each kind is served.

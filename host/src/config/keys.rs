@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::error::{did_you_mean, Source};
 use super::file::{
-    RawCatalog, RawConfig, RawDaemon, RawGateway, RawMcp, RawProbes, RawResources, RawRestart,
-    RawScheduling, RawService, RawTemplate,
+    RawCatalog, RawCluster, RawConfig, RawDaemon, RawGateway, RawMcp, RawProbes, RawResources,
+    RawRestart, RawScheduling, RawService, RawTemplate,
 };
 use super::ConfigError;
 use crate::gpu::DeclaredGpu;
@@ -65,6 +65,9 @@ pub(super) fn unknown_in_config(source: &Source<'_>) -> Vec<ConfigError> {
     }
     if let Some(gateway) = table(root, "gateway") {
         check(source, gateway, fields_of::<RawGateway>(), &[], &mut found);
+    }
+    if let Some(cluster) = table(root, "cluster") {
+        check(source, cluster, fields_of::<RawCluster>(), &[], &mut found);
     }
     if let Some(catalog) = table(root, "catalog") {
         check(source, catalog, fields_of::<RawCatalog>(), &[], &mut found);

@@ -1,6 +1,7 @@
 //! `nanny.toml` and the service manifests beside it: parsing, `NANNY_*` overrides,
 //! and validation against the plugins. Every error names the file, the line and the key.
 
+mod cluster;
 pub mod duration;
 mod error;
 mod file;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::gpu::{GpuDevices, GpuRequest};
 use crate::runtime::ResourceLimits;
 use crate::supervise::Condition;
+pub use cluster::{host_and_port, ClusterConfig};
 use error::Source;
 pub use error::{did_you_mean, ConfigError, ConfigErrors};
 use file::{RawConfig, RawService, RestartSetting};
@@ -85,6 +87,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Where the model catalog looks, and its templates' matches.
     pub catalog: CatalogConfig,
+    /// `[cluster]`, when this node joins one.
+    pub cluster: Option<ClusterConfig>,
     /// Where each template's `backend` is written, to say so when no plugin
     /// has that name.
     template_backends_at: Vec<usize>,
@@ -218,6 +222,7 @@ impl Config {
             },
         };
         let catalog = catalog_config(&source, path, &raw.catalog, &mut errors);
+        let cluster = cluster::resolve(&source, path, &raw.cluster, daemon.listen, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -226,6 +231,7 @@ impl Config {
             daemon,
             gateway,
             catalog,
+            cluster,
             template_backends_at: raw
                 .catalog
                 .templates

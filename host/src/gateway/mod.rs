@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub use error::GatewayError;
+pub use proxy::{client, Client};
 
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -55,9 +56,12 @@ pub struct Gateway {
     /// Makes a service for a model nobody configured (the catalog's), when
     /// it can: `Ok(true)` made, `Ok(false)` not a model it knows.
     on_demand: Option<OnDemand>,
+    /// The other nodes, when this one is in a cluster: a model no local
+    /// service serves is forwarded to one of theirs.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
-/// See [`Gateway::with_on_demand`].
+/// See [`Gateway::build`].
 pub type OnDemand = Arc<
     dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<bool, String>> + Send + Sync,
 >;
@@ -104,6 +108,14 @@ impl swap::View for Snapshot {
     }
 }
 
+/// Where a request for a model goes: a service here, or other nodes'
+/// services (in the order to try them).
+#[derive(Debug)]
+pub enum Target {
+    Here(Box<Route>),
+    Elsewhere(Vec<crate::cluster::Replica>),
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -117,28 +129,24 @@ pub struct ListedModel {
     pub id: String,
     pub service: String,
     /// The service's state: `ready`, `stopped`, `starting`, …
-    pub status: &'static str,
+    pub status: String,
+    /// The node serving it, when another node does.
+    pub node: Option<String>,
 }
 
 impl Gateway {
     pub fn new(supervisor: Arc<Supervisor>, settings: GatewayConfig) -> Arc<Self> {
-        Self::build(supervisor, settings, None)
+        Self::build(supervisor, settings, None, None)
     }
 
-    /// The gateway, asking `make` for a service when a request names a model
-    /// no service serves (the daemon's catalog answers).
-    pub fn with_on_demand(
-        supervisor: Arc<Supervisor>,
-        settings: GatewayConfig,
-        make: OnDemand,
-    ) -> Arc<Self> {
-        Self::build(supervisor, settings, Some(make))
-    }
-
-    fn build(
+    /// The gateway, asking `on_demand` for a service when a request names a
+    /// model no service serves (the daemon's catalog answers), and else
+    /// forwarding it to another node of `cluster` that serves it.
+    pub fn build(
         supervisor: Arc<Supervisor>,
         settings: GatewayConfig,
         on_demand: Option<OnDemand>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             supervisor,
@@ -151,6 +159,7 @@ impl Gateway {
             slots: Mutex::default(),
             queued: Arc::default(),
             on_demand,
+            cluster,
             settings,
         })
     }
@@ -361,26 +370,117 @@ impl Gateway {
     pub fn models(&self) -> Vec<ListedModel> {
         let mut listed: Vec<ListedModel> = Vec::new();
         for (service, routable) in self.supervisor.routable() {
-            let reported = routable.status.models.iter().map(|model| model.id.clone());
-            let remembered = routable.status.last_models.iter().cloned();
-            for id in routable
-                .names
-                .iter()
-                .cloned()
-                .chain(reported)
-                .chain(remembered)
-            {
+            for id in routable.model_names() {
                 if listed.iter().any(|model| model.id == id) {
                     continue;
                 }
                 listed.push(ListedModel {
                     id,
                     service: service.clone(),
-                    status: routable.status.state.name(),
+                    status: routable.status.state.name().to_string(),
+                    node: None,
                 });
             }
         }
         listed
+    }
+
+    /// The models other nodes serve, each once (the first node's).
+    pub fn models_elsewhere(&self) -> Vec<ListedModel> {
+        let mut listed: Vec<ListedModel> = Vec::new();
+        let elsewhere = self.cluster.as_ref().map(|cluster| cluster.models());
+        for (node, service) in elsewhere.into_iter().flatten() {
+            for id in &service.models {
+                if listed.iter().any(|model| &model.id == id) {
+                    continue;
+                }
+                listed.push(ListedModel {
+                    id: id.clone(),
+                    service: service.name.clone(),
+                    status: service.state.clone(),
+                    node: Some(node.clone()),
+                });
+            }
+        }
+        listed
+    }
+
+    /// Where a request for `model` goes: a service here (started on demand,
+    /// made from the catalog), else — unless another node forwarded it —
+    /// the other nodes that serve it.
+    pub async fn target(&self, model: &str, forwarded: bool) -> Result<Target, GatewayError> {
+        let here = self.route(model).await;
+        match (&here, &self.cluster) {
+            (Err(missing), Some(cluster))
+                if missing.status == StatusCode::NOT_FOUND && !forwarded =>
+            {
+                let replicas = cluster.replicas(model);
+                if !replicas.is_empty() {
+                    return Ok(Target::Elsewhere(replicas));
+                }
+            }
+            _ => {}
+        }
+        here.map(|route| Target::Here(Box::new(route)))
+    }
+
+    /// Sends a request to the first of `replicas` that answers: one that
+    /// cannot be reached (nothing was sent) is passed over for the next, and
+    /// for a while after; an answer, or a failure once sent, is the client's.
+    pub async fn forward_elsewhere(
+        &self,
+        replicas: Vec<crate::cluster::Replica>,
+        request: proxy::Outgoing,
+    ) -> Result<axum::response::Response, GatewayError> {
+        let Some(cluster) = &self.cluster else {
+            return Err(GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                "this node is in no cluster",
+            ));
+        };
+        let mut headers = request.headers.clone();
+        if let Ok(node) = axum::http::HeaderValue::from_str(cluster.node()) {
+            headers.insert(crate::cluster::FORWARDED_BY, node);
+        }
+        let mut missed = Vec::new();
+        for replica in replicas {
+            let upstream = proxy::Upstream {
+                host: &replica.host,
+                port: replica.port,
+                method: request.method.clone(),
+                target: &request.target,
+                headers: &headers,
+                length: Some(request.body.len()),
+                body: axum::body::Body::from(request.body.clone()),
+                api_key: cluster.token(),
+                drain: None,
+            };
+            let recorder = self.recorder(
+                &format!("{}/{}", replica.node, replica.service),
+                &request.model,
+            );
+            let held = Box::new(cluster.forwarding(&replica));
+            match proxy::forward(&self.client, upstream, held, recorder).await {
+                Err(error) if error.code == proxy::UNREACHABLE => {
+                    tracing::warn!(node = %replica.node, "cluster: forward failed: {}", error.message);
+                    cluster.unreachable(&replica.node);
+                    missed.push(replica.node);
+                }
+                answered => return answered,
+            }
+        }
+        let mut error = GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            format!(
+                "`{}` is served on node(s) {} but none answered",
+                request.model,
+                missed.join(", ")
+            ),
+        );
+        error.retry_after = Some(1);
+        Err(error)
     }
 
     /// The service that serves `model`: configured names first, then the models
@@ -563,10 +663,18 @@ impl Gateway {
             .entry(service.to_string())
             .or_default()
             .in_flight += 1;
+        self.load_changed();
         InFlight {
             gateway: self.clone(),
             service: service.to_string(),
             _slot: None,
+        }
+    }
+
+    /// The other nodes see each service's requests in flight.
+    fn load_changed(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.local_changed();
         }
     }
 
@@ -674,6 +782,7 @@ impl Drop for InFlight {
         entry.last_end_unix_ms = now;
         drop(traffic);
         self.gateway.traffic_changed.notify_waiters();
+        self.gateway.load_changed();
         // Someone waiting for this service's GPUs may go now.
         if !lock(&self.gateway.waiting).is_empty() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {

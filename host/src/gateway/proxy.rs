@@ -11,7 +11,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::GatewayError;
-use super::InFlight;
 
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
@@ -60,6 +59,21 @@ pub struct Upstream<'a> {
     /// `on_disconnect = "drain"`: how long a cut answer may run on.
     pub drain: Option<Duration>,
 }
+
+/// A request read whole, as it goes to another node.
+pub struct Outgoing {
+    pub model: String,
+    pub method: Method,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: axum::body::Bytes,
+}
+
+/// The code of a forward that reached nobody (so nothing was sent).
+pub const UNREACHABLE: &str = "backend_unreachable";
+
+/// What keeps a request counted (in flight, a slot) until its answer ends.
+pub type Held = Box<dyn Send + 'static>;
 
 /// One forwarded request's figures, recorded when its answer ends (or is
 /// dropped: the client went away, a 499).
@@ -151,7 +165,7 @@ fn count_after(json: &[u8], key: &[u8]) -> Option<u64> {
 pub async fn forward(
     client: &Client,
     upstream: Upstream<'_>,
-    in_flight: InFlight,
+    in_flight: Held,
     mut recorder: Recorder,
 ) -> Result<Response, GatewayError> {
     let host = if upstream.host.contains(':') {
@@ -182,11 +196,19 @@ pub async fn forward(
         .body(upstream.body)
         .map_err(|error| GatewayError::bad_request(format!("cannot forward: {error}")))?;
     let answer = client.request(request).await.map_err(|error| {
-        GatewayError::new(
-            StatusCode::BAD_GATEWAY,
-            "backend_unreachable",
-            format!("the backend at {uri} did not answer: {error}"),
-        )
+        if error.is_connect() {
+            GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                UNREACHABLE,
+                format!("the backend at {uri} could not be reached: {error}"),
+            )
+        } else {
+            GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                "backend_failed",
+                format!("the backend at {uri} failed before answering: {error}"),
+            )
+        }
     })?;
     let (mut parts, body) = answer.into_parts();
     recorder.figures.code = parts.status.as_u16();
@@ -248,7 +270,7 @@ pub async fn forward(
 struct Riding {
     /// `None` once it ended.
     body: Option<axum::body::BodyDataStream>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<Held>,
     recorder: Option<Recorder>,
     /// `on_disconnect = "drain"`: a client gone mid-answer leaves the backend
     /// to finish it (read and thrown away, for at most this long).

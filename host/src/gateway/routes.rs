@@ -81,7 +81,20 @@ async fn by_model(
             Some(form) => form.model(&bytes),
             None => json_model(&bytes),
         }?;
-        let route = gateway.route(&model).await?;
+        let forwarded = headers.contains_key(crate::cluster::FORWARDED_BY);
+        let route = match gateway.target(&model, forwarded).await? {
+            super::Target::Here(route) => *route,
+            super::Target::Elsewhere(replicas) => {
+                let outgoing = super::proxy::Outgoing {
+                    model,
+                    method,
+                    target,
+                    headers,
+                    body: bytes,
+                };
+                return gateway.forward_elsewhere(replicas, outgoing).await;
+            }
+        };
         let slot = gateway.slot(&route).await?;
         let in_flight = gateway.admit(&route).await?.holding(slot);
         let request = Request {
@@ -142,7 +155,13 @@ impl Request {
             drain: self.gateway.drain_on_disconnect(&self.route),
         };
         let recorder = self.gateway.recorder(&self.route.service, &self.model);
-        forward(&self.gateway.client, upstream, in_flight, recorder).await
+        forward(
+            &self.gateway.client,
+            upstream,
+            Box::new(in_flight),
+            recorder,
+        )
+        .await
     }
 }
 
@@ -336,7 +355,7 @@ async fn to_service(
         drain: gateway.drain_on_disconnect(&route),
     };
     let recorder = gateway.recorder(&route.service, "");
-    forward(&gateway.client, upstream, in_flight, recorder).await
+    forward(&gateway.client, upstream, Box::new(in_flight), recorder).await
 }
 
 /// What is read and thrown away of a body over the limit, so the client gets

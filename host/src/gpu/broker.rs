@@ -319,6 +319,26 @@ impl GpuBroker {
         }
     }
 
+    /// Each device and the services leasing it, as last known: no driver call,
+    /// so a caller may ask often (the cluster registry does, on every change).
+    pub fn holders(&self) -> Vec<(crate::gpu::inventory::Device, Vec<String>)> {
+        let state = lock(&self.state);
+        state
+            .inventory
+            .devices
+            .iter()
+            .map(|device| {
+                let holders = state
+                    .table
+                    .leases()
+                    .filter(|lease| lease.devices.contains(&device.uuid))
+                    .map(|lease| lease.service.clone())
+                    .collect();
+                (device.clone(), holders)
+            })
+            .collect()
+    }
+
     /// The lease table, written atomically.
     fn save(&self) {
         let Some(path) = &self.checkpoint else {

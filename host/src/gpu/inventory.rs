@@ -116,6 +116,27 @@ fn query_devices() -> Option<Vec<Device>> {
     parse_devices(&csv).ok()
 }
 
+/// The NVIDIA driver's version and the CUDA version it supports, as
+/// `nvidia-smi` says; `None` for what it cannot tell.
+pub fn driver_versions() -> (Option<String>, Option<String>) {
+    let driver = nvidia_smi(&["--query-gpu=driver_version", "--format=csv,noheader"])
+        .and_then(|csv| csv.lines().next().map(|line| line.trim().to_string()))
+        .filter(|version| !version.is_empty());
+    let cuda = nvidia_smi(&[]).and_then(|banner| cuda_version(&banner));
+    (driver, cuda)
+}
+
+/// `12.4` from the banner's `CUDA Version: 12.4`.
+fn cuda_version(banner: &str) -> Option<String> {
+    let after = banner.split("CUDA Version:").nth(1)?;
+    let version: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!version.is_empty()).then_some(version)
+}
+
 /// Which processes hold GPU memory, and how much (MiB); `None` when neither NVML
 /// nor nvidia-smi can say.
 pub fn compute_apps() -> Option<Vec<(i32, u64)>> {
@@ -166,6 +187,15 @@ pub fn parse_apps(csv: &str) -> Vec<(i32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cuda_version_is_read_from_the_banner() {
+        let banner =
+            "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |";
+        assert_eq!(cuda_version(banner).as_deref(), Some("12.4"));
+        assert_eq!(cuda_version("no such thing"), None);
+        assert_eq!(cuda_version("CUDA Version: N/A"), None);
+    }
 
     #[test]
     fn reads_nvidia_smi_csv() {

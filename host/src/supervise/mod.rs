@@ -178,6 +178,26 @@ pub struct Routable {
     pub status: ServiceStatus,
 }
 
+impl Routable {
+    /// Every name that routes here, each once: the configured names, then what
+    /// the backend reported when ready (now, or when last ready).
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let reported = self.status.models.iter().map(|model| &model.id);
+        for id in self
+            .names
+            .iter()
+            .chain(reported)
+            .chain(&self.status.last_models)
+        {
+            if !names.contains(id) {
+                names.push(id.clone());
+            }
+        }
+        names
+    }
+}
+
 /// The configured services: who they are, in what order, needing what. One
 /// lock, never held across an await; a reload swaps it whole.
 #[derive(Default)]
