@@ -123,7 +123,13 @@ def service_state(node, on, service):
 
 def ready_at(node, service):
     """When `service` last became ready on `node`, by its own event (Unix ms)."""
-    events = get(node.url, "/v1/events?follow=false&last=50")
+    host, port = node.url[len("http://"):].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", "/v1/events?follow=false&last=50")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    # Server-Sent Events: one JSON event per `data:` line.
+    events = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
     times = [e["at_unix_ms"] for e in events if e["service"] == service and e["to"] == "ready"]
     return max(times) if times else None
 

@@ -23,7 +23,7 @@ fn main() {
         .build()
         .unwrap();
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let plugin = Arc::clone(catalog.get("command").unwrap());
     let specs = (0..500)
         .map(|index| {

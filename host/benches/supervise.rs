@@ -33,7 +33,7 @@ fn readiness_lag() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let mut lags = Vec::new();
     for round in 0..50 {
         let fifo = dir.path().join(format!("ready-{round}"));

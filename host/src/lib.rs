@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod gateway;
+pub mod glob;
 pub mod gpu;
 pub mod locks;
 pub mod mcp;

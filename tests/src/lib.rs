@@ -407,7 +407,7 @@ pub fn builtin(name: &str) -> std::sync::Arc<nanny::plugin::Plugin> {
     CATALOG
         .get_or_init(|| {
             let engine = PluginEngine::new(Limits::default(), None).expect("a plugin engine");
-            Catalog::load(&engine, &[])
+            Catalog::load(&engine, &[], &Default::default())
         })
         .get(name)
         .unwrap_or_else(|| panic!("builtin {name}"))

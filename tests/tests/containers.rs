@@ -19,7 +19,7 @@ fn docker(args: &[&str]) -> (bool, String) {
 
 fn mock_in_a_container(name: &str) -> ServiceSpec {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let port = nanny_tests::free_port();
     let mount = format!("{}:/nanny:ro", nanny_bin().display());
     let settings = vec![

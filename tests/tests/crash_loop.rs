@@ -43,7 +43,7 @@ fn zombie_children() -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_crashes_leak_nothing() {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let settings = vec![
         Setting::list("command", &["sh", "-c", "exit 1"]),
         Setting::text("health_path", ""),

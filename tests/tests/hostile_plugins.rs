@@ -139,7 +139,7 @@ async fn other_plugins_keep_answering_while_one_loops() {
         service("victim"),
     ))
     .unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let mock = catalog
         .get("mock")
         .expect("the builtin mock plugin")

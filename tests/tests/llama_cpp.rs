@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 fn spec(name: &str, model: &str) -> ServiceSpec {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let port = nanny_tests::free_port();
     let text = |key: &str, value: &str| Setting {
         key: key.into(),

@@ -93,10 +93,40 @@ fn a_dropped_in_plugin_is_inspected_from_its_file() {
 }
 
 #[test]
-fn a_plugin_file_overrides_the_builtin_of_its_name() {
+fn a_plugin_file_replaces_a_builtin_only_where_the_user_says_so() {
     let shadow = plugin_wasm("nanny-test-plugin-shadow-mock");
     let dir = plugin_dir(&[&shadow]);
-    let (plugins, _) = list_json(&[dir.path()]);
+    let (plugins, stderr) = list_json(&[dir.path()]);
+    let mock = plugins.iter().find(|p| p["name"] == "mock").unwrap();
+    assert_eq!(
+        mock["source"], "builtin",
+        "no `override = true`: the builtin stays"
+    );
+    assert!(
+        stderr.contains("would replace the builtin plugin `mock`")
+            && stderr.contains("`override = true` under `[plugins.mock]`"),
+        "{stderr}"
+    );
+
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("nanny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nplugin_dirs = [\"{}\"]\n\n[plugins.mock]\noverride = true\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config_arg = config.display().to_string();
+    let (ok, stdout, stderr) = nanny(
+        &["plugins", "list", "--json", "--config", &config_arg],
+        &[],
+        state.path(),
+    );
+    assert!(ok, "{stderr}");
+    let plugins: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     let mock = plugins.iter().find(|p| p["name"] == "mock").unwrap();
     assert_eq!(mock["version"], "9.9.9");
     assert_ne!(mock["source"], "builtin");

@@ -17,7 +17,7 @@ use super::{nodes, services, streams, system};
         streams::logs, streams::events,
         nodes::list, nodes::act,
     ),
-    components(schemas(super::views::EventView, super::views::LogLineView)),
+    components(schemas(super::views::EventView, super::views::LogLineView, nodes::Action)),
     modifiers(&BearerToken),
     security(("token" = [])),
 )]

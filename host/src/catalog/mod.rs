@@ -323,8 +323,8 @@ impl Walk<'_> {
     fn template_for(&self, name: &str, folder: bool) -> Option<usize> {
         self.templates.iter().position(|template| {
             match (template.pattern.strip_prefix("dir:"), folder) {
-                (Some(pattern), true) => glob(pattern, name),
-                (None, false) => glob(&template.pattern, name),
+                (Some(pattern), true) => crate::glob::matches(pattern, name),
+                (None, false) => crate::glob::matches(&template.pattern, name),
                 _ => false,
             }
         })
@@ -617,35 +617,6 @@ pub fn normalised(name: &str) -> String {
     }
 }
 
-/// `*` any run of characters, `?` one; the rest as written.
-fn glob(pattern: &str, name: &str) -> bool {
-    let (pattern, name): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), name.chars().collect());
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(c) if *c == '?' || *c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((at, matched)) => {
-                    p = at + 1;
-                    n = matched + 1;
-                    star = Some((at, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::gguf::tests::tiny_gguf;
@@ -667,8 +638,14 @@ mod tests {
 
     #[test]
     fn globs_and_names() {
-        assert!(glob("*.gguf", "a.gguf") && glob("*", "") && glob("q?en*", "qwen2.5"));
-        assert!(!glob("*.gguf", "a.gguf.part") && !glob("dir", "dirs"));
+        assert!(
+            crate::glob::matches("*.gguf", "a.gguf")
+                && crate::glob::matches("*", "")
+                && crate::glob::matches("q?en*", "qwen2.5")
+        );
+        assert!(
+            !crate::glob::matches("*.gguf", "a.gguf.part") && !crate::glob::matches("dir", "dirs")
+        );
         assert_eq!(
             normalised("Qwen2.5-7B-Instruct-Q4_K_M"),
             "qwen2.5-7b-instruct-q4_k_m"

@@ -36,6 +36,7 @@ fn load(path: &Path, metrics: &Metrics) -> Result<Checked, (String, ExitCode)> {
     let catalog = super::load_catalog(
         &config.daemon.state_dir,
         &config.daemon.plugin_dirs,
+        &config.plugins,
         metrics.clone(),
     )
     .map_err(|error| (format!("error: {error:#}"), ExitCode::FAILURE))?;

@@ -35,6 +35,10 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
+        /// The configuration whose `plugin_dirs` and `[plugins.NAME]` grants
+        /// apply (default: ./nanny.toml when there is one).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
     },
     /// An MCP server on standard input and output, for assistants that start
     /// MCP servers as commands: its tools talk to the daemon at `--url`.
@@ -185,13 +189,14 @@ pub enum PluginsAction {
 fn load_catalog(
     state_dir: &std::path::Path,
     plugin_dirs: &[PathBuf],
+    policies: &crate::plugin::Policies,
     metrics: crate::metrics::Metrics,
 ) -> anyhow::Result<crate::plugin::Catalog> {
     use crate::plugin::{Catalog, Limits, PluginEngine};
     let cache = crate::paths::component_cache(state_dir);
     let engine = PluginEngine::with_metrics(Limits::default(), Some(cache), metrics)
         .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
-    let catalog = Catalog::load(&engine, plugin_dirs);
+    let catalog = Catalog::load(&engine, plugin_dirs, policies);
     for problem in catalog.problems() {
         // One line each, whatever bytes the broken file put in the message.
         eprintln!("warning: {}", crate::plugin::one_line(&problem.to_string()));
@@ -233,9 +238,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => remote(remote::logs(&client, &name, follow, lines, json)),
         Command::Events { last, since, json } => remote(remote::events(&client, last, since, json)),
         Command::Info { json } => remote(remote::info(&client, json)),
-        Command::Plugins { action, json } => {
-            plugins::run(action.unwrap_or(PluginsAction::List), json)
-        }
+        Command::Plugins {
+            action,
+            json,
+            config,
+        } => plugins::run(action.unwrap_or(PluginsAction::List), json, config),
         Command::Mcp => mcp::run(client),
         Command::Up { config } => up::run(&config),
         Command::Run(args) => run::run(&args),

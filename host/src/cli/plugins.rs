@@ -7,10 +7,38 @@ use super::PluginsAction;
 use crate::paths;
 use crate::plugin::PluginInfo;
 
-pub fn run(action: PluginsAction, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(
+    action: PluginsAction,
+    json: bool,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    // The plugin directories and grants of the configuration, when there is one.
+    let config = config.or_else(|| {
+        let here = std::path::PathBuf::from("nanny.toml");
+        here.exists().then_some(here)
+    });
+    let (state_dir, plugin_dirs, policies) = match config {
+        Some(path) => match crate::config::Config::load(&path) {
+            Ok(config) => (
+                config.daemon.state_dir,
+                config.daemon.plugin_dirs,
+                config.plugins,
+            ),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => (
+            paths::default_state_dir(),
+            paths::env_plugin_dirs(),
+            Default::default(),
+        ),
+    };
     let catalog = super::load_catalog(
-        &paths::default_state_dir(),
-        &paths::env_plugin_dirs(),
+        &state_dir,
+        &plugin_dirs,
+        &policies,
         crate::metrics::Metrics::default(),
     )?;
     let infos: Vec<&PluginInfo> = catalog.plugins().map(|plugin| &plugin.info).collect();
@@ -23,9 +51,12 @@ pub fn run(action: PluginsAction, json: bool) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&plugin.info)?);
+                let mut shown = serde_json::to_value(&plugin.info)?;
+                shown["grants"] = serde_json::to_value(&plugin.grants)?;
+                println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 print!("{}", inspect_text(&plugin.info));
+                print!("{}", grants_text(&plugin.info.name, plugin.grants.as_ref()));
             }
         }
     }
@@ -74,6 +105,39 @@ fn inspect_text(info: &PluginInfo) -> String {
         out.push_str("  (none)\n");
     } else {
         out.push_str(&table(["KEY", "REQUIRED", "DEFAULT", "HELP"], &rows));
+    }
+    out
+}
+
+/// What a plugin's plans may launch, as `plugins inspect` shows it.
+fn grants_text(name: &str, grants: Option<&crate::plugin::Grants>) -> String {
+    let Some(grants) = grants else {
+        return "\ngrants:   builtin: trusted, not checked\n".into();
+    };
+    let mounts: Vec<String> = grants
+        .mounts
+        .iter()
+        .map(|mount| {
+            let how = if mount.rw { "rw" } else { "ro" };
+            format!("{} ({how})", mount.path.display())
+        })
+        .collect();
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = format!(
+        "\ngrants (`[plugins.{name}]`):\n  programs: {}\n  images:   {}\n  mounts:   {}\n  env:      {}\n",
+        list(&grants.programs),
+        list(&grants.images),
+        list(&mounts),
+        list(&grants.env)
+    );
+    if grants.programs.is_empty() && grants.images.is_empty() {
+        out.push_str("  (it may launch nothing until you grant it a program or an image)\n");
     }
     out
 }

@@ -29,6 +29,41 @@ pub struct RawConfig {
     /// `[cluster]`: the etcd this node registers in, and how others reach it.
     #[serde(default)]
     pub cluster: RawCluster,
+    /// `[plugins.NAME]`: what a third-party plugin's plans may launch.
+    #[serde(default)]
+    pub plugins: BTreeMap<Spanned<String>, RawPluginGrants>,
+}
+
+/// `[plugins.NAME]`: capability grants for a plugin loaded from a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginGrants {
+    /// Programs its plans may launch: bare names or absolute paths (`*` within a part).
+    #[serde(default)]
+    pub programs: Vec<Spanned<String>>,
+    /// Container images (`vllm/vllm-openai:*`).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Host folders it may mount: `"/srv/models"` (read-only) or `{ path, rw = true }`.
+    #[serde(default)]
+    pub mounts: Vec<Spanned<RawMountGrant>>,
+    /// Environment names it may set (`HF_*`); never `LD_*` or `NANNY_*`.
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// Let a file of this name replace the builtin plugin of the same name.
+    #[serde(default, rename = "override")]
+    pub replaces_builtin: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMountGrant {
+    Path(PathBuf),
+    Table {
+        path: PathBuf,
+        #[serde(default)]
+        rw: bool,
+    },
 }
 
 /// `[cluster]`: several machines, one endpoint. Off until `etcd` names endpoints.

@@ -89,6 +89,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// `[cluster]`, when this node joins one.
     pub cluster: Option<ClusterConfig>,
+    /// `[plugins.NAME]`: capability grants (and overrides) for plugin files.
+    pub plugins: crate::plugin::Policies,
     /// Where each template's `backend` is written, to say so when no plugin
     /// has that name.
     template_backends_at: Vec<usize>,
@@ -223,6 +225,7 @@ impl Config {
         };
         let catalog = catalog_config(&source, path, &raw.catalog, &mut errors);
         let cluster = cluster::resolve(&source, path, &raw.cluster, daemon.listen, &mut errors);
+        let plugins = plugin_policies(&source, &raw.plugins, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -232,6 +235,7 @@ impl Config {
             gateway,
             catalog,
             cluster,
+            plugins,
             template_backends_at: raw
                 .catalog
                 .templates
@@ -445,7 +449,14 @@ impl Config {
             let mut session =
                 crate::plugin::PluginSession::new(spec.plugin.clone(), spec.service.clone());
             match session.plan() {
-                Ok(Ok(_)) => {}
+                Ok(Ok(plan)) => {
+                    if let Err(refusal) = spec.plugin.check_plan(&plan.launch, &spec.service.env) {
+                        let at =
+                            keys::offset_of(source.text, &["services", &declared.name, "backend"])
+                                .unwrap_or(declared.name_offset);
+                        errors.push(source.error(at, declared.key("backend"), refusal.to_string()));
+                    }
+                }
                 Ok(Err(refusals)) => {
                     for refusal in refusals {
                         // A plugin names a service key (`model`) or one of its settings.
@@ -697,6 +708,76 @@ fn gpu_request(
         (None, None) => {}
     }
     request
+}
+
+/// `[plugins.NAME]`, checked: names valid, program grants bare names or
+/// absolute paths, mounts absolute, no loader or nanny variable granted.
+fn plugin_policies(
+    source: &Source<'_>,
+    raw: &BTreeMap<toml::Spanned<String>, file::RawPluginGrants>,
+    errors: &mut Vec<ConfigError>,
+) -> crate::plugin::Policies {
+    use crate::plugin::{Grants, MountGrant, Policy};
+    let mut policies = crate::plugin::Policies::new();
+    for (name, raw) in raw {
+        let key = |suffix: &str| format!("plugins.{}.{suffix}", name.get_ref());
+        if !crate::names::is_valid(name.get_ref()) {
+            errors.push(source.error(
+                name.span().start,
+                format!("plugins.{}", name.get_ref()),
+                "plugin names are lowercase letters, digits and `_.-`, at most 63",
+            ));
+        }
+        for program in &raw.programs {
+            let text = program.get_ref();
+            if text.contains('/') && !text.starts_with('/') {
+                errors.push(source.error(
+                    program.span().start,
+                    key("programs"),
+                    format!(
+                        "`{text}`: a program is a bare name (found on PATH) or an absolute path"
+                    ),
+                ));
+            }
+        }
+        for variable in &raw.env {
+            if crate::plugin::never_grantable(variable.get_ref()) {
+                errors.push(source.error(
+                    variable.span().start,
+                    key("env"),
+                    format!("`{}` is never granted: loader and nanny variables stay the user's to set (in a service's `env`)", variable.get_ref()),
+                ));
+            }
+        }
+        let mut mounts = Vec::new();
+        for mount in &raw.mounts {
+            let (path, rw) = match mount.get_ref() {
+                file::RawMountGrant::Path(path) => (path.clone(), false),
+                file::RawMountGrant::Table { path, rw } => (path.clone(), *rw),
+            };
+            if !path.is_absolute() {
+                errors.push(source.error(
+                    mount.span().start,
+                    key("mounts"),
+                    format!("`{}` is not an absolute path", path.display()),
+                ));
+            }
+            mounts.push(MountGrant { path, rw });
+        }
+        policies.insert(
+            name.get_ref().clone(),
+            Policy {
+                grants: Grants {
+                    programs: raw.programs.iter().map(|p| p.get_ref().clone()).collect(),
+                    images: raw.images.clone(),
+                    mounts,
+                    env: raw.env.iter().map(|e| e.get_ref().clone()).collect(),
+                },
+                replaces_builtin: raw.replaces_builtin,
+            },
+        );
+    }
+    policies
 }
 
 /// The model catalog's places and templates, as configured.

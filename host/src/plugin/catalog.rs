@@ -13,6 +13,7 @@ use wasmtime::Store;
 use super::bindings::{self, BackendPre, WIT_VERSION};
 use super::engine::PluginEngine;
 use super::error::PluginError;
+use super::grants::{Grants, Refusal};
 use super::reply::{check_reply, classify};
 use super::sandbox::StoreState;
 
@@ -67,14 +68,40 @@ pub struct SettingInfo {
     pub required: bool,
 }
 
+/// What the user wrote for one plugin in `[plugins.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub grants: Grants,
+    /// A file of this name may replace the builtin of the same name.
+    pub replaces_builtin: bool,
+}
+
+/// Every plugin's policy, by plugin name.
+pub type Policies = BTreeMap<String, Policy>;
+
 /// A loaded plugin, ready to be instantiated once per service.
 pub struct Plugin {
     pub info: PluginInfo,
+    /// What its plans may launch; `None` for a builtin (trusted).
+    pub grants: Option<Grants>,
     pub(super) pre: BackendPre<StoreState>,
     pub(super) engine: Arc<PluginEngine>,
 }
 
 impl Plugin {
+    /// Whether a plan of this plugin's may run: always for a builtin; for a
+    /// file, when it stays within the grants (`env` is the service's own).
+    pub fn check_plan(
+        &self,
+        launch: &super::Launch,
+        env: &[(String, String)],
+    ) -> Result<(), Refusal> {
+        match &self.grants {
+            None => Ok(()),
+            Some(grants) => grants.check(&self.info.name, launch, env),
+        }
+    }
+
     /// Compiles (or loads from the cache) `wasm`, checks its WIT version and asks it
     /// to describe itself.
     pub fn load(
@@ -123,7 +150,13 @@ impl Plugin {
                 name: described.name,
             });
         }
+        // A file may launch nothing until the user grants it something.
+        let grants = match source {
+            PluginSource::Builtin => None,
+            PluginSource::File(_) => Some(Grants::default()),
+        };
         Ok(Self {
+            grants,
             info: PluginInfo {
                 name: described.name,
                 version: described.version,
@@ -205,10 +238,12 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads the builtins, then every `*.wasm` in `plugin_dirs` (in order; the first
-    /// file of a name wins over later ones, any file over a builtin). A broken file
-    /// is recorded as a problem and skipped: it never stops the others.
-    pub fn load(engine: &Arc<PluginEngine>, plugin_dirs: &[PathBuf]) -> Self {
+    /// Loads the builtins, then every `*.wasm` in `plugin_dirs` (in order; the
+    /// first file of a name wins over later ones). A file replaces the builtin
+    /// of its name only where its policy says `override = true`. A broken file
+    /// is recorded as a problem and skipped: it never stops the others. Files
+    /// get the grants of their policy (none: they may launch nothing).
+    pub fn load(engine: &Arc<PluginEngine>, plugin_dirs: &[PathBuf], policies: &Policies) -> Self {
         let mut catalog = Self {
             plugins: BTreeMap::new(),
             problems: Vec::new(),
@@ -236,6 +271,19 @@ impl Catalog {
                     tracing::warn!(path = %path.display(), "ignoring plugin `{}`: an earlier plugin directory has one of that name", plugin.name());
                 }
                 Ok(plugin) => {
+                    let policy = policies.get(plugin.name()).cloned().unwrap_or_default();
+                    if catalog.plugins.contains_key(plugin.name()) {
+                        if !policy.replaces_builtin {
+                            catalog.problems.push(PluginError::ShadowsBuiltin {
+                                path: path.clone(),
+                                name: plugin.name().to_string(),
+                            });
+                            continue;
+                        }
+                        tracing::warn!(path = %path.display(), "the plugin `{}` from this file replaces the builtin (`override = true`)", plugin.name());
+                    }
+                    let mut plugin = plugin;
+                    plugin.grants = Some(policy.grants);
                     from_files.insert(plugin.name().to_string(), Arc::new(plugin));
                 }
                 Err(problem) => catalog.problems.push(problem),

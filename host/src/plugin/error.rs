@@ -10,6 +10,8 @@ pub enum PluginError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("ignoring {}: it would replace the builtin plugin `{name}`; to let it, add `override = true` under `[plugins.{name}]` in nanny.toml", path.display())]
+    ShadowsBuiltin { path: PathBuf, name: String },
     #[error("`{origin}` is not a valid WebAssembly component: {message}")]
     Compile { origin: String, message: String },
     #[error("`{origin}` is not a nanny backend plugin: it exports no `nanny:backend` interface")]

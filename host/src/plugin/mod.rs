@@ -8,6 +8,7 @@ mod cache;
 mod catalog;
 mod engine;
 mod error;
+mod grants;
 mod reply;
 mod sandbox;
 mod session;
@@ -15,7 +16,9 @@ mod session;
 pub use bindings::exports::nanny::backend::session::{
     ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service,
 };
-pub use bindings::nanny::backend::types::{Gpu, Launch, Probe, Process, Setting, Value};
+pub use bindings::nanny::backend::types::{
+    Container, Gpu, Launch, Mount, Probe, Process, Setting, Value,
+};
 
 /// A setting's value as JSON, for people and the API.
 pub fn value_json(value: &Value) -> serde_json::Value {
@@ -28,9 +31,12 @@ pub fn value_json(value: &Value) -> serde_json::Value {
     }
 }
 pub use bindings::WIT_VERSION;
-pub use catalog::{builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, SettingInfo};
+pub use catalog::{
+    builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, Policies, Policy, SettingInfo,
+};
 pub use engine::{Limits, PluginEngine};
 pub use error::PluginError;
+pub use grants::{never_grantable, Grants, MountGrant, Refusal};
 pub use session::{PluginSession, SessionHandle};
 
 /// `text` on one line: newlines, tabs and other control characters escaped, so

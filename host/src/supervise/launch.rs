@@ -146,6 +146,14 @@ impl Runner {
             }
             Err(error) => return Outcome::GaveUp(error),
         };
+        // A plugin from a file runs only what the user granted it.
+        if let Err(refusal) = self
+            .spec
+            .plugin
+            .check_plan(&plan.launch, &self.spec.service.env)
+        {
+            return Outcome::GaveUp(refusal.to_string());
+        }
         self.spec.probes.apply(&mut plan);
         let (lines_in, lines) = mpsc::channel(PLUGIN_LINE_BACKLOG);
         let logs = self.logs.clone();

@@ -14,7 +14,7 @@ pub static PANIC_AT_NEXT_LAUNCH: AtomicBool = AtomicBool::new(false);
 #[tokio::test]
 async fn a_panic_in_supervision_fails_the_service_and_start_works_again() {
     let engine = PluginEngine::new(Limits::default(), None).unwrap();
-    let catalog = Catalog::load(&engine, &[]);
+    let catalog = Catalog::load(&engine, &[], &Default::default());
     let settings = vec![
         Setting::list("command", &["sh", "-c", "echo READY; exec sleep 1000"]),
         Setting::text("ready_line", "^READY"),
