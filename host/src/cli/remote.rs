@@ -173,15 +173,13 @@ pub fn nodes(client: &Client, json: bool) -> Result<ExitCode, ClientError> {
                 })
                 .collect();
             let ready = node.services.iter().filter(|s| s.state == "ready").count();
+            let ago = now_ms().saturating_sub(node.last_seen_unix_ms);
             let seen = if node.local {
                 "this node".to_string()
+            } else if ago < 1000 {
+                "now".to_string()
             } else {
-                format!(
-                    "{} ago",
-                    human(Duration::from_millis(
-                        now_ms().saturating_sub(node.last_seen_unix_ms)
-                    ))
-                )
+                format!("{} ago", human(Duration::from_millis(ago)))
             };
             [
                 record.node.clone(),

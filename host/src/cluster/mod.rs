@@ -75,8 +75,12 @@ pub struct NodeView {
     pub record: NodeRecord,
     /// Whether it is the node that answered.
     pub local: bool,
-    /// When its keys last changed (Unix milliseconds, by the answering node's clock).
+    /// When it was last known alive (Unix milliseconds, by the answering
+    /// node's clock): now while its lease holds and this node hears etcd;
+    /// else when this node lost etcd.
     pub last_seen_unix_ms: u64,
+    /// When its keys last changed (its state, its services).
+    pub changed_unix_ms: u64,
     pub services: Vec<ServiceRecord>,
 }
 
@@ -194,17 +198,25 @@ impl Cluster {
 
     /// Every node: this one first (as it is now), then the others as etcd said.
     pub fn nodes(&self) -> Vec<NodeView> {
+        let now = unix_ms(SystemTime::now());
         let mut nodes = vec![NodeView {
             record: self.record(),
             local: true,
-            last_seen_unix_ms: unix_ms(SystemTime::now()),
+            last_seen_unix_ms: now,
+            changed_unix_ms: now,
             services: self.local.services(),
         }];
+        let link = self.link.borrow().clone();
+        let seen = match link.state {
+            LinkState::Connected => now,
+            LinkState::Connecting | LinkState::Disconnected => link.since_unix_ms,
+        };
         let view = lock(&self.view);
         nodes.extend(view.nodes().map(|(record, remote)| NodeView {
             record: record.clone(),
             local: false,
-            last_seen_unix_ms: remote.last_seen_unix_ms,
+            last_seen_unix_ms: seen,
+            changed_unix_ms: remote.changed_unix_ms,
             services: remote.services.values().cloned().collect(),
         }));
         nodes

@@ -121,7 +121,7 @@ pub struct Remote {
     pub record: Option<NodeRecord>,
     pub services: BTreeMap<String, ServiceRecord>,
     /// When any of its keys last changed (Unix milliseconds, this node's clock).
-    pub last_seen_unix_ms: u64,
+    pub changed_unix_ms: u64,
 }
 
 /// Every other node, kept from one listing and the watch after it.
@@ -156,7 +156,7 @@ impl View {
         match change {
             Change::Put { value, .. } => {
                 let remote = self.nodes.entry(node.clone()).or_default();
-                remote.last_seen_unix_ms = now_unix_ms;
+                remote.changed_unix_ms = now_unix_ms;
                 match key {
                     Key::Node(_) => match serde_json::from_slice::<NodeRecord>(value) {
                         Ok(record) if record.node == node => remote.record = Some(record),
@@ -182,7 +182,7 @@ impl View {
                 let Some(remote) = self.nodes.get_mut(&node) else {
                     return false;
                 };
-                remote.last_seen_unix_ms = now_unix_ms;
+                remote.changed_unix_ms = now_unix_ms;
                 match key {
                     Key::Node(_) => {
                         // The node left: its services went with its lease.
