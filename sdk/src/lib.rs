@@ -24,11 +24,13 @@
 
 mod args;
 mod models;
+mod rules;
 mod settings;
 pub mod testing;
 
 pub use args::{expand, Args};
 pub use models::openai_models;
+pub use rules::{fatal, Fatal, Needle, OutputRules, Seen};
 pub use settings::Settings;
 /// Re-exported so a plugin crate depends on `nanny-sdk` alone.
 pub use wit_bindgen;

@@ -57,6 +57,17 @@ impl<'a> Settings<'a> {
         self.text(key).unwrap_or_else(|| default.to_string())
     }
 
+    /// A text setting naming the program to run, or `default` when absent;
+    /// an empty one is an error (it would launch nothing).
+    pub fn program_or(&self, key: &str, default: &str) -> String {
+        let program = self.text_or(key, default);
+        if program.trim().is_empty() {
+            self.error(key, format!("must name a program, e.g. `{default}`"));
+            return default.to_string();
+        }
+        program
+    }
+
     /// A text setting that must be present and not empty.
     pub fn required_text(&self, key: &str) -> Option<String> {
         if self.get(key).is_none() {
@@ -77,6 +88,44 @@ impl<'a> Settings<'a> {
             Value::Integer(number) => Some(*number),
             _ => None,
         })
+    }
+
+    /// A number (an integer counts), within `range` when one is given: else
+    /// an error saying so, e.g. `must be between 0 and 1`.
+    pub fn float(&self, key: &str, range: Option<std::ops::RangeInclusive<f64>>) -> Option<f64> {
+        let number = self.typed(key, "a number", |value| match value {
+            Value::Float(number) => Some(*number),
+            Value::Integer(number) => Some(*number as f64),
+            _ => None,
+        })?;
+        match range {
+            Some(range) if !range.contains(&number) => {
+                self.error(
+                    key,
+                    format!(
+                        "must be between {} and {}, e.g. {}",
+                        range.start(),
+                        range.end(),
+                        range.end() * 0.9
+                    ),
+                );
+                None
+            }
+            _ => Some(number),
+        }
+    }
+
+    /// The service's `model`, which this backend cannot do without: else an
+    /// error on `model` saying `missing` ("llama-server needs a model: the
+    /// path of a .gguf file").
+    pub fn required_model(&self, service: &crate::Service, missing: &str) -> Option<String> {
+        match service.model.as_deref().map(str::trim) {
+            Some(model) if !model.is_empty() => Some(model.to_string()),
+            _ => {
+                self.error("model", missing);
+                None
+            }
+        }
     }
 
     /// A true/false flag.

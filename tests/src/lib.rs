@@ -15,6 +15,17 @@ use nanny::supervise::ServiceStatus;
 use serde_json::Value;
 use tokio::sync::watch;
 
+/// The builtin plugins, by name.
+pub const BUILTINS: [&str; 7] = [
+    "command",
+    "container",
+    "infinilm",
+    "infinilm-rust",
+    "llama-cpp",
+    "mock",
+    "vllm",
+];
+
 /// The workspace root.
 pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

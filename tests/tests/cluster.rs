@@ -49,6 +49,18 @@ fn ask(url: &str, model: &str, times: usize) -> Vec<String> {
 
 /// A node on its own loopback address, in the cluster at `etcd`.
 fn node(dir: &Path, name: &str, address: &str, etcd: &str, services: &str) -> Daemon {
+    node_with(dir, name, address, etcd, services, &[])
+}
+
+/// As [`node`], with more environment (`NANNY_NODE` renames it).
+fn node_with(
+    dir: &Path,
+    name: &str,
+    address: &str,
+    etcd: &str,
+    services: &str,
+    env: &[(&str, &str)],
+) -> Daemon {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
     let config = state.join("nanny.toml");
@@ -61,11 +73,9 @@ fn node(dir: &Path, name: &str, address: &str, etcd: &str, services: &str) -> Da
     )
     .unwrap();
     let listen = format!("{address}:0");
-    Daemon::up_with(
-        &config,
-        &state,
-        &[("NANNY_LISTEN", &listen), ("NANNY_ETCD", etcd)],
-    )
+    let mut all = vec![("NANNY_LISTEN", listen.as_str()), ("NANNY_ETCD", etcd)];
+    all.extend_from_slice(env);
+    Daemon::up_with(&config, &state, &all)
 }
 
 /// A mock service answering as `reply_as`, routed as `model`.
@@ -174,6 +184,27 @@ fn every_node_serves_every_model_and_the_cluster_heals() {
             ]
         )
     );
+
+    // A second daemon that claims a's name is refused, says why, and a stays.
+    let impostor = node_with(
+        dir.path(),
+        "impostor",
+        "127.0.0.5",
+        &etcd.url,
+        "",
+        &[("NANNY_NODE", "a")],
+    );
+    eventually("the impostor says the name is taken", SETTLE, || {
+        let info = get(&format!("{}/v1/info", impostor.url));
+        info["cluster"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is taken by another nanny at http://127.0.0.2:")
+    });
+    drop(impostor);
+    assert!(seen(&c)
+        .iter()
+        .any(|(name, services)| name == "a" && services.len() == 2));
 
     // A model served only on b, stopped there, through a's gateway: b starts it.
     let replies = ask(&a.url, "beta", 1);

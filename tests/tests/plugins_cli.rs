@@ -1,18 +1,8 @@
 //! `nanny plugins` as a user runs it: the builtins, a dropped-in plugin, an
 //! override, and broken files that must not hide the rest.
 
-use nanny_tests::{hello_wasm, nanny, plugin_dir, plugin_wasm};
+use nanny_tests::{hello_wasm, nanny, plugin_dir, plugin_wasm, BUILTINS};
 use serde_json::Value;
-
-const BUILTINS: [&str; 7] = [
-    "command",
-    "container",
-    "infinilm",
-    "infinilm-rust",
-    "llama-cpp",
-    "mock",
-    "vllm",
-];
 
 fn list_json(plugin_dirs: &[&std::path::Path]) -> (Vec<Value>, String) {
     let state = tempfile::tempdir().unwrap();

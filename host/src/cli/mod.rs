@@ -182,6 +182,10 @@ pub enum PluginsAction {
     List,
     /// Everything a plugin says about itself, its settings included.
     Inspect { name: String },
+    /// The conformance kit: a plugin file (or a builtin, by name) walked
+    /// through the daemon's calls with ordinary and odd inputs; exit 0 when
+    /// it conforms.
+    Test { plugin: String },
 }
 
 /// The plugin catalog as the CLI and the daemon see it: the engine caches compiled

@@ -35,6 +35,9 @@ pub fn run(
             Default::default(),
         ),
     };
+    if let PluginsAction::Test { plugin } = &action {
+        return test(plugin, &state_dir, json);
+    }
     let catalog = super::load_catalog(
         &state_dir,
         &plugin_dirs,
@@ -45,6 +48,7 @@ pub fn run(
     match action {
         PluginsAction::List if json => println!("{}", serde_json::to_string_pretty(&infos)?),
         PluginsAction::List => print!("{}", list_table(&infos)),
+        PluginsAction::Test { .. } => {}
         PluginsAction::Inspect { name } => {
             let Some(plugin) = catalog.get(&name) else {
                 eprintln!("error: no plugin named `{name}`; `nanny plugins list` shows the ones there are");
@@ -140,4 +144,71 @@ fn grants_text(name: &str, grants: Option<&crate::plugin::Grants>) -> String {
         out.push_str("  (it may launch nothing until you grant it a program or an image)\n");
     }
     out
+}
+
+/// `nanny plugins test FILE.wasm|BUILTIN`: the conformance kit's report.
+fn test(plugin: &str, state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::plugin::{Limits, Plugin, PluginEngine, PluginSource};
+    let cache = paths::component_cache(state_dir);
+    let engine = PluginEngine::new(Limits::default(), Some(cache))
+        .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
+    let path = std::path::PathBuf::from(plugin);
+    let loaded = if path.is_file() {
+        std::fs::read(&path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))
+            .and_then(|wasm| {
+                Plugin::load(&engine, PluginSource::File(path.clone()), &wasm)
+                    .map_err(|error| error.to_string())
+            })
+    } else {
+        match crate::plugin::builtin_wasm(plugin) {
+            Some(wasm) => Plugin::load(&engine, PluginSource::Builtin, wasm)
+                .map_err(|error| error.to_string()),
+            None => Err(format!(
+                "`{}` is neither a plugin file nor a builtin plugin",
+                plugin.escape_default()
+            )),
+        }
+    };
+    let plugin = match loaded {
+        Ok(plugin) => std::sync::Arc::new(plugin),
+        Err(message) => {
+            eprintln!(
+                "nanny plugins test: does not load: {}",
+                crate::plugin::one_line(&message)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let report = crate::plugin::conformance::test(&plugin);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} {} (nanny:backend@{})",
+            report.plugin, report.version, report.wit_version
+        );
+        for check in &report.checks {
+            let mark = if check.passed { "PASS" } else { "FAIL" };
+            println!(
+                "  {mark}  {}: {}",
+                check.name,
+                crate::plugin::one_line(&check.detail)
+            );
+        }
+        let failed = report.checks.iter().filter(|check| !check.passed).count();
+        if failed == 0 {
+            println!("conforms: {} checks passed", report.checks.len());
+        } else {
+            println!(
+                "does not conform: {failed} of {} checks failed",
+                report.checks.len()
+            );
+        }
+    }
+    Ok(if report.conforms() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -36,7 +36,7 @@ enum SessionError {
     Etcd(#[from] etcd_client::Error),
     #[error("{0}")]
     Lost(String),
-    #[error("the node name `{node}` is taken by another nanny at {advertise}; give this one another `cluster.node`")]
+    #[error("the node name `{node}` is taken by another nanny at {advertise}; give this one another `cluster.node` (if that was this node before a crash, its lease runs out within `lease_ttl` and this one registers then)")]
     Taken { node: String, advertise: String },
 }
 
@@ -89,7 +89,7 @@ async fn session(
         .with_keep_alive_while_idle(true);
     let mut client = Client::connect(&config.etcd, Some(options)).await?;
     let node_key = Key::Node(config.node.clone()).path(&config.prefix);
-    refuse_if_taken(&mut client, &node_key, &cluster.instance).await?;
+    refuse_if_taken(&mut client, &node_key, &read_local(cluster).await?.0).await?;
     let ttl = i64::try_from(config.lease_ttl.as_secs()).unwrap_or(i64::MAX);
     let lease = client.lease_grant(ttl, None).await?;
     let (lease_id, granted) = (lease.id(), lease.ttl().max(1));
@@ -163,21 +163,25 @@ async fn keep_alive(keeper: &mut LeaseKeeper) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// A node key that another process of the same name holds is not ours to take.
+/// A node key that another process of the same name holds is not ours to
+/// take; one this process wrote (before etcd lost it) or one written for the
+/// same address (this node, restarted) is.
 async fn refuse_if_taken(
     client: &mut Client,
     node_key: &str,
-    instance: &str,
+    me: &NodeRecord,
 ) -> Result<(), SessionError> {
     let found = client.get(node_key, None).await?;
     let Some(kv) = found.kvs().first() else {
         return Ok(());
     };
     match serde_json::from_slice::<NodeRecord>(kv.value()) {
-        Ok(record) if record.instance != instance => Err(SessionError::Taken {
-            node: record.node,
-            advertise: record.advertise,
-        }),
+        Ok(record) if record.instance != me.instance && record.advertise != me.advertise => {
+            Err(SessionError::Taken {
+                node: record.node,
+                advertise: record.advertise,
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -6,6 +6,7 @@
 mod bindings;
 mod cache;
 mod catalog;
+pub mod conformance;
 mod engine;
 mod error;
 mod grants;

@@ -63,6 +63,7 @@ impl StoreState {
             memory: MemoryCap {
                 cap_bytes: memory_cap,
                 hit: false,
+                peak_bytes: 0,
             },
             plugin: plugin.to_string(),
             service: service.to_string(),
@@ -86,6 +87,8 @@ impl WasiView for StoreState {
 pub struct MemoryCap {
     pub cap_bytes: usize,
     pub hit: bool,
+    /// The most linear memory granted so far (the conformance kit reports it).
+    pub peak_bytes: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -99,6 +102,7 @@ impl ResourceLimiter for MemoryCap {
             self.hit = true;
             return Err(wasmtime::Error::msg("memory cap reached"));
         }
+        self.peak_bytes = self.peak_bytes.max(desired);
         Ok(true)
     }
 

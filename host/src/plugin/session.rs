@@ -54,6 +54,13 @@ impl PluginSession {
         Ok(())
     }
 
+    /// The most linear memory the live instance has grown to (0 when none is live).
+    pub fn peak_memory(&self) -> usize {
+        self.live
+            .as_ref()
+            .map_or(0, |live| live.store.data().memory.peak_bytes)
+    }
+
     /// How to run the service, or the configuration problems the plugin found.
     pub fn plan(&mut self) -> Result<Result<Plan, Vec<ConfigError>>, PluginError> {
         self.call("plan", |backend, store, session| {

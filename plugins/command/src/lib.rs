@@ -41,7 +41,11 @@ impl Backend for Command {
     fn plan(&mut self, service: &Service) -> Result<Plan, Vec<ConfigError>> {
         let settings = Settings::new(&service.settings);
         let command = settings.list("command").unwrap_or_default();
-        if command.is_empty() && settings.text("command").is_none() {
+        // An empty first word would launch nothing (the conformance kit found it).
+        if command
+            .first()
+            .is_none_or(|program| program.trim().is_empty())
+        {
             settings.error("command", "is required: the program and its arguments, e.g. [\"my-server\", \"--port\", \"{port}\"]");
         }
         let health_path = settings.text_or("health_path", "/health");

@@ -8,30 +8,38 @@ use nanny_sdk::*;
 
 #[derive(Default)]
 struct InfiniLmRust {
-    config: String,
-    fatal: Option<String>,
+    /// Its `{model}` is the service configuration file.
+    seen: Seen,
 }
 
-impl InfiniLmRust {
-    fn diagnose(&self, line: &str) -> Option<String> {
-        if line.starts_with("error: could not compile") {
-            return Some(format!("building InfiniLM-Rust failed: {}", line.trim()));
-        }
-        if line.contains("No such file or directory") || line.contains("NotFound") {
-            return Some(format!(
-                "a file is missing (is `{}` right?): {}",
-                self.config,
-                line.trim()
-            ));
-        }
-        if line.contains("out of memory") {
-            return Some(
-                "out of device memory: serve a smaller model or lease more devices".into(),
-            );
-        }
-        None
-    }
-}
+/// How `cargo xtask service` reads: the build first, then the server.
+const RULES: OutputRules = OutputRules {
+    fatal: &[
+        fatal(
+            &[Needle::StartsWith("error: could not compile")],
+            "building InfiniLM-Rust failed: {line}",
+        ),
+        fatal(
+            &[
+                Needle::Contains("No such file or directory"),
+                Needle::Contains("NotFound"),
+            ],
+            "a file is missing (is `{model}` right?): {line}",
+        ),
+        fatal(
+            &[Needle::Contains("out of memory")],
+            "out of device memory: serve a smaller model or lease more devices",
+        ),
+    ],
+    ready: &[],
+    loading: &[
+        Needle::StartsWith("Compiling "),
+        Needle::StartsWith("Finished "),
+        Needle::StartsWith("Running "),
+        Needle::StartsWith("load "),
+    ],
+    percent_after: None,
+};
 
 impl Backend for InfiniLmRust {
     fn settings() -> Vec<SettingSpec> {
@@ -54,7 +62,7 @@ impl Backend for InfiniLmRust {
     fn plan(&mut self, service: &Service) -> Result<Plan, Vec<ConfigError>> {
         let settings = Settings::new(&service.settings);
         let config = settings.required_text("config");
-        let program = settings.text_or("program", "cargo");
+        let program = settings.program_or("program", "cargo");
         if service.work_dir.is_none() {
             settings.error(
                 "work_dir",
@@ -62,9 +70,9 @@ impl Backend for InfiniLmRust {
             );
         }
         settings.finish()?;
-        self.config = config.unwrap_or_default();
+        self.seen = Seen::about(&config.unwrap_or_default());
         let args = Args::new(service)
-            .literal(&["xtask", "service", &self.config])
+            .literal(&["xtask", "service", &self.seen.model])
             .template(&["--port", "{port}"])
             .finish()?;
         let mut plan = process_plan(service, &program, args);
@@ -74,18 +82,7 @@ impl Backend for InfiniLmRust {
     }
 
     fn on_output(&mut self, _source: Output, line: &str) -> Progress {
-        if let Some(reason) = self.diagnose(line) {
-            self.fatal = Some(reason.clone());
-            return Progress::Failed(reason);
-        }
-        let trimmed = line.trim_start();
-        if ["Compiling ", "Finished ", "Running ", "load "]
-            .iter()
-            .any(|word| trimmed.starts_with(word))
-        {
-            return Progress::Loading(None);
-        }
-        Progress::Nothing
+        RULES.on_output(&mut self.seen, line)
     }
 
     fn on_probe(&mut self, response: &HttpResponse) -> Progress {
@@ -93,7 +90,7 @@ impl Backend for InfiniLmRust {
     }
 
     fn on_exit(&mut self, exit: &Exit) -> ExitAdvice {
-        give_up_if_diagnosed(self.fatal.as_deref(), exit, |line| self.diagnose(line))
+        RULES.on_exit(&self.seen, exit)
     }
 }
 

@@ -8,40 +8,40 @@ use nanny_sdk::*;
 
 #[derive(Default)]
 struct InfiniLm {
-    model: String,
-    fatal: Option<String>,
+    seen: Seen,
 }
 
-impl InfiniLm {
-    fn diagnose(&self, line: &str) -> Option<String> {
-        // Not a bare "out of memory": the start-up banner says "Try reduce this value
-        // if out of memory error occurs".
-        const OUT_OF_MEMORY: [&str; 3] = [
-            "CUDA out of memory",
-            "OutOfMemoryError",
-            "error: out of memory",
-        ];
-        if OUT_OF_MEMORY.iter().any(|needle| line.contains(needle)) {
-            return Some(
-                "out of device memory: lower `max_batch` or `max_tokens`, or lease more devices"
-                    .into(),
-            );
-        }
-        if line.contains("FileNotFoundError") || line.contains("No such file or directory") {
-            return Some(format!(
-                "model directory `{}` or one of its files is missing: {}",
-                self.model,
-                line.trim()
-            ));
-        }
-        if line.contains("ModuleNotFoundError")
-            || line.contains("libinfinicore_infer") && line.contains("cannot open")
-        {
-            return Some(format!("InfiniLM is not installed for this Python (run `xmake install` and check INFINI_ROOT): {}", line.trim()));
-        }
-        None
-    }
-}
+/// How InfiniLM's server reads. Not a bare "out of memory": the start-up
+/// banner says "Try reduce this value if out of memory error occurs".
+const RULES: OutputRules = OutputRules {
+    fatal: &[
+        fatal(
+            &[
+                Needle::Contains("CUDA out of memory"),
+                Needle::Contains("OutOfMemoryError"),
+                Needle::Contains("error: out of memory"),
+            ],
+            "out of device memory: lower `max_batch` or `max_tokens`, or lease more devices",
+        ),
+        fatal(
+            &[Needle::Contains("FileNotFoundError"), Needle::Contains("No such file or directory")],
+            "model directory `{model}` or one of its files is missing: {line}",
+        ),
+        fatal(
+            &[Needle::Contains("ModuleNotFoundError"), Needle::Both("libinfinicore_infer", "cannot open")],
+            "InfiniLM is not installed for this Python (run `xmake install` and check INFINI_ROOT): {line}",
+        ),
+    ],
+    ready: &[
+        Needle::Contains("Application startup complete"),
+        Needle::Contains("Uvicorn running on"),
+    ],
+    loading: &[
+        Needle::Contains("Using MAX_BATCH"),
+        Needle::Contains("Waiting for application startup"),
+    ],
+    percent_after: None,
+};
 
 impl Backend for InfiniLm {
     fn settings() -> Vec<SettingSpec> {
@@ -89,7 +89,7 @@ impl Backend for InfiniLm {
 
     fn plan(&mut self, service: &Service) -> Result<Plan, Vec<ConfigError>> {
         let settings = Settings::new(&service.settings);
-        let python = settings.text_or("python", "python3");
+        let python = settings.program_or("python", "python3");
         let script = settings.text_or("script", "scripts/launch_server.py");
         let device = settings.text("device").unwrap_or_else(|| {
             if service.gpus.is_empty() {
@@ -103,14 +103,12 @@ impl Backend for InfiniLm {
         let max_tokens = settings.integer("max_tokens");
         let awq = settings.boolean("awq").unwrap_or(false);
         let port_flag = settings.text_or("port_flag", "--port");
-        if service.model.is_none() {
-            settings.error(
-                "model",
-                "InfiniLM needs a model: the path of the model directory",
-            );
-        }
+        let model = settings.required_model(
+            service,
+            "InfiniLM needs a model: the path of the model directory",
+        );
         settings.finish()?;
-        self.model = service.model.clone().unwrap_or_default();
+        self.seen = Seen::about(&model.unwrap_or_default());
         let mut args = Args::new(service)
             .literal(&[script])
             .template(&["--model-path", "{model}"])
@@ -132,17 +130,7 @@ impl Backend for InfiniLm {
     }
 
     fn on_output(&mut self, _source: Output, line: &str) -> Progress {
-        if let Some(reason) = self.diagnose(line) {
-            self.fatal = Some(reason.clone());
-            return Progress::Failed(reason);
-        }
-        if line.contains("Application startup complete") || line.contains("Uvicorn running on") {
-            return Progress::Ready;
-        }
-        if line.contains("Using MAX_BATCH") || line.contains("Waiting for application startup") {
-            return Progress::Loading(None);
-        }
-        Progress::Nothing
+        RULES.on_output(&mut self.seen, line)
     }
 
     fn on_probe(&mut self, response: &HttpResponse) -> Progress {
@@ -152,6 +140,7 @@ impl Backend for InfiniLm {
     fn models(&mut self, response: &HttpResponse) -> Result<Vec<Model>, String> {
         openai_models(response).or_else(|_| {
             let id = self
+                .seen
                 .model
                 .trim_end_matches('/')
                 .rsplit('/')
@@ -166,7 +155,7 @@ impl Backend for InfiniLm {
     }
 
     fn on_exit(&mut self, exit: &Exit) -> ExitAdvice {
-        give_up_if_diagnosed(self.fatal.as_deref(), exit, |line| self.diagnose(line))
+        RULES.on_exit(&self.seen, exit)
     }
 }
 

@@ -8,32 +8,39 @@ use nanny_sdk::*;
 
 #[derive(Default)]
 struct LlamaCpp {
-    model: String,
-    fatal: Option<String>,
+    seen: Seen,
 }
 
-impl LlamaCpp {
-    fn diagnose(&self, line: &str) -> Option<String> {
-        if line.contains("failed to load model")
-            || line.contains("error loading model")
-            || line.contains("failed to open GGUF file")
-        {
-            return Some(format!(
-                "failed to load model `{}`: {}",
-                self.model,
-                line.trim()
-            ));
-        }
-        if line.contains("out of memory") || line.contains("unable to allocate") {
-            return Some(format!(
-                "out of GPU memory loading `{}`: set `gpu_layers` lower or `ctx_size` smaller ({})",
-                self.model,
-                line.trim()
-            ));
-        }
-        None
-    }
-}
+/// How llama-server's output reads.
+const RULES: OutputRules = OutputRules {
+    fatal: &[
+        fatal(
+            &[
+                Needle::Contains("failed to load model"),
+                Needle::Contains("error loading model"),
+                Needle::Contains("failed to open GGUF file"),
+            ],
+            "failed to load model `{model}`: {line}",
+        ),
+        fatal(
+            &[Needle::Contains("out of memory"), Needle::Contains("unable to allocate")],
+            "out of GPU memory loading `{model}`: set `gpu_layers` lower or `ctx_size` smaller ({line})",
+        ),
+    ],
+    // Older builds: "main: server is listening on … - starting the main loop";
+    // newer ones: "llama_server: listening on http://…", after "model loaded".
+    ready: &[
+        Needle::Both("server is listening on", "starting the main loop"),
+        Needle::Contains("llama_server: listening on"),
+    ],
+    loading: &[
+        Needle::Contains("loading model"),
+        Needle::Contains("llama_model_loader:"),
+        Needle::Contains("load_tensors:"),
+        Needle::Contains("llama_context:"),
+    ],
+    percent_after: None,
+};
 
 impl Backend for LlamaCpp {
     fn settings() -> Vec<SettingSpec> {
@@ -67,19 +74,17 @@ impl Backend for LlamaCpp {
 
     fn plan(&mut self, service: &Service) -> Result<Plan, Vec<ConfigError>> {
         let settings = Settings::new(&service.settings);
-        let program = settings.text_or("program", "llama-server");
+        let program = settings.program_or("program", "llama-server");
         let default_layers = if service.gpus.is_empty() { 0 } else { 999 };
         let gpu_layers = settings.integer("gpu_layers").unwrap_or(default_layers);
         let ctx_size = settings.integer("ctx_size");
         let alias = settings.text("alias");
-        if service.model.is_none() {
-            settings.error(
-                "model",
-                "llama-server needs a model: the path of a .gguf file",
-            );
-        }
+        let model = settings.required_model(
+            service,
+            "llama-server needs a model: the path of a .gguf file",
+        );
         settings.finish()?;
-        self.model = service.model.clone().unwrap_or_default();
+        self.seen = Seen::about(&model.unwrap_or_default());
         let args = Args::new(service)
             .template(&["-m", "{model}", "--host", "{host}", "--port", "{port}"])
             .option("-ngl", Some(gpu_layers))
@@ -90,28 +95,7 @@ impl Backend for LlamaCpp {
     }
 
     fn on_output(&mut self, _source: Output, line: &str) -> Progress {
-        if let Some(reason) = self.diagnose(line) {
-            self.fatal = Some(reason.clone());
-            return Progress::Failed(reason);
-        }
-        // Older builds: "main: server is listening on … - starting the main loop";
-        // newer ones: "llama_server: listening on http://…", after "model loaded".
-        let listening = (line.contains("server is listening on")
-            && line.contains("starting the main loop"))
-            || line.contains("llama_server: listening on");
-        if listening {
-            return Progress::Ready;
-        }
-        let signs_of_life = [
-            "loading model",
-            "llama_model_loader:",
-            "load_tensors:",
-            "llama_context:",
-        ];
-        if signs_of_life.iter().any(|sign| line.contains(sign)) {
-            return Progress::Loading(None);
-        }
-        Progress::Nothing
+        RULES.on_output(&mut self.seen, line)
     }
 
     fn on_probe(&mut self, response: &HttpResponse) -> Progress {
@@ -123,7 +107,7 @@ impl Backend for LlamaCpp {
     }
 
     fn on_exit(&mut self, exit: &Exit) -> ExitAdvice {
-        give_up_if_diagnosed(self.fatal.as_deref(), exit, |line| self.diagnose(line))
+        RULES.on_exit(&self.seen, exit)
     }
 }
 

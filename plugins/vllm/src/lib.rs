@@ -8,41 +8,50 @@ use nanny_sdk::*;
 
 #[derive(Default)]
 struct Vllm {
-    model: String,
-    fatal: Option<String>,
+    seen: Seen,
 }
 
-/// Output that means waiting longer cannot help, and what the user should do.
-const FATAL: &[(&str, &str)] = &[
-    (
-        "CUDA out of memory",
-        "CUDA out of memory while loading the model: lower `--gpu-memory-utilization` or `--max-model-len`, or lease more GPUs",
-    ),
-    (
-        "No available memory for the cache blocks",
-        "no GPU memory left for the KV cache: raise `gpu_memory_utilization` or lower `max_model_len`",
-    ),
-    (
-        "is larger than the maximum number of tokens that can be stored in KV cache",
-        "the model's context does not fit in the KV cache: lower `max_model_len` or lease more GPUs",
-    ),
-    ("is not a local folder and is not a valid model identifier", "model not found"),
-    ("Invalid repository ID or local directory specified", "model not found"),
-    ("does not appear to have a file named config.json", "model not found"),
-    ("RepositoryNotFoundError", "model not found"),
-    ("HFValidationError", "model not found"),
-];
+const MODEL_NOT_FOUND: &str =
+    "model `{model}` not found: check the path or the hub id (and HF_TOKEN for gated models)";
 
-impl Vllm {
-    fn diagnose(&self, line: &str) -> Option<String> {
-        let (_, advice) = FATAL.iter().find(|(needle, _)| line.contains(needle))?;
-        Some(if *advice == "model not found" {
-            format!("model `{}` not found: check the path or the hub id (and HF_TOKEN for gated models)", self.model)
-        } else {
-            advice.to_string()
-        })
-    }
-}
+/// How vLLM's output reads: what means waiting cannot help (and what the user
+/// should do), the shard-loading percentage, and signs of life.
+const RULES: OutputRules = OutputRules {
+    fatal: &[
+        fatal(
+            &[Needle::Contains("CUDA out of memory")],
+            "CUDA out of memory while loading the model: lower `--gpu-memory-utilization` or `--max-model-len`, or lease more GPUs",
+        ),
+        fatal(
+            &[Needle::Contains("No available memory for the cache blocks")],
+            "no GPU memory left for the KV cache: raise `gpu_memory_utilization` or lower `max_model_len`",
+        ),
+        fatal(
+            &[Needle::Contains("is larger than the maximum number of tokens that can be stored in KV cache")],
+            "the model's context does not fit in the KV cache: lower `max_model_len` or lease more GPUs",
+        ),
+        fatal(
+            &[
+                Needle::Contains("is not a local folder and is not a valid model identifier"),
+                Needle::Contains("Invalid repository ID or local directory specified"),
+                Needle::Contains("does not appear to have a file named config.json"),
+                Needle::Contains("RepositoryNotFoundError"),
+                Needle::Contains("HFValidationError"),
+            ],
+            MODEL_NOT_FOUND,
+        ),
+    ],
+    ready: &[],
+    // "Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"
+    percent_after: Some("checkpoint shards:"),
+    loading: &[
+        Needle::Contains("Loading weights"),
+        Needle::Contains("Model loading took"),
+        Needle::Contains("Capturing CUDA graph"),
+        Needle::Contains("Starting vLLM"),
+        Needle::Contains("Initializing"),
+    ],
+};
 
 impl Backend for Vllm {
     fn settings() -> Vec<SettingSpec> {
@@ -63,26 +72,11 @@ impl Backend for Vllm {
     fn plan(&mut self, service: &Service) -> Result<Plan, Vec<ConfigError>> {
         let settings = Settings::new(&service.settings);
         let launcher = settings.text_or("launcher", "vllm");
-        let python = settings.text_or("python", "python3");
+        let python = settings.program_or("python", "python3");
         let served_name = settings.text("served_model_name");
-        let utilization = match service
-            .settings
-            .iter()
-            .find(|s| s.key == "gpu_memory_utilization")
-        {
-            Some(Setting {
-                value: Value::Float(share),
-                ..
-            }) if (0.0..=1.0).contains(share) => Some(share.to_string()),
-            Some(_) => {
-                settings.error(
-                    "gpu_memory_utilization",
-                    "must be a number between 0 and 1, e.g. 0.9",
-                );
-                None
-            }
-            None => None,
-        };
+        let utilization = settings
+            .float("gpu_memory_utilization", Some(0.0..=1.0))
+            .map(|share| share.to_string());
         let max_len = settings.integer("max_model_len");
         let (program, prefix): (&str, &[&str]) = match launcher.as_str() {
             "vllm" => ("vllm", &["serve", "{model}"]),
@@ -103,11 +97,10 @@ impl Backend for Vllm {
                 ("vllm", &["serve", "{model}"])
             }
         };
-        if service.model.is_none() {
-            settings.error("model", "vLLM needs a model: a local directory or a hub id");
-        }
+        let model =
+            settings.required_model(service, "vLLM needs a model: a local directory or a hub id");
         settings.finish()?;
-        self.model = service.model.clone().unwrap_or_default();
+        self.seen = Seen::about(&model.unwrap_or_default());
         let tensor_parallel = (service.gpus.len() > 1).then_some(service.gpus.len());
         let args = Args::new(service)
             .template(prefix)
@@ -125,30 +118,7 @@ impl Backend for Vllm {
     }
 
     fn on_output(&mut self, _source: Output, line: &str) -> Progress {
-        if let Some(reason) = self.diagnose(line) {
-            self.fatal = Some(reason.clone());
-            return Progress::Failed(reason);
-        }
-        // "Loading safetensors checkpoint shards:  50% Completed | 1/2 [...]"
-        if let Some(rest) = line.split("checkpoint shards:").nth(1) {
-            let percent = rest
-                .trim_start()
-                .split('%')
-                .next()
-                .and_then(|p| p.trim().parse().ok());
-            return Progress::Loading(percent);
-        }
-        let signs_of_life = [
-            "Loading weights",
-            "Model loading took",
-            "Capturing CUDA graph",
-            "Starting vLLM",
-            "Initializing",
-        ];
-        if signs_of_life.iter().any(|sign| line.contains(sign)) {
-            return Progress::Loading(None);
-        }
-        Progress::Nothing
+        RULES.on_output(&mut self.seen, line)
     }
 
     fn on_probe(&mut self, response: &HttpResponse) -> Progress {
@@ -159,7 +129,7 @@ impl Backend for Vllm {
     }
 
     fn on_exit(&mut self, exit: &Exit) -> ExitAdvice {
-        give_up_if_diagnosed(self.fatal.as_deref(), exit, |line| self.diagnose(line))
+        RULES.on_exit(&self.seen, exit)
     }
 }
 
