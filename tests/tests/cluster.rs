@@ -49,7 +49,7 @@ fn ask(url: &str, model: &str, times: usize) -> Vec<String> {
 
 /// A node on its own loopback address, in the cluster at `etcd`.
 fn node(dir: &Path, name: &str, address: &str, etcd: &str, services: &str) -> Daemon {
-    node_with(dir, name, address, etcd, services, &[])
+    node_with(dir, name, address, etcd, services, &[], LEASE_TTL)
 }
 
 /// As [`node`], with more environment (`NANNY_NODE` renames it).
@@ -60,6 +60,7 @@ fn node_with(
     etcd: &str,
     services: &str,
     env: &[(&str, &str)],
+    lease_ttl: &str,
 ) -> Daemon {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
@@ -67,7 +68,7 @@ fn node_with(
     std::fs::write(
         &config,
         format!(
-            "[daemon]\n{}\n\n[cluster]\nnode = \"{name}\"\nlease_ttl = \"{LEASE_TTL}\"\n\n{services}",
+            "[daemon]\n{}\n\n[cluster]\nnode = \"{name}\"\nlease_ttl = \"{lease_ttl}\"\n\n{services}",
             port_range_line()
         ),
     )
@@ -193,6 +194,7 @@ fn every_node_serves_every_model_and_the_cluster_heals() {
         &etcd.url,
         "",
         &[("NANNY_NODE", "a")],
+        LEASE_TTL,
     );
     eventually("the impostor says the name is taken", SETTLE, || {
         let info = get(&format!("{}/v1/info", impostor.url));
@@ -205,6 +207,20 @@ fn every_node_serves_every_model_and_the_cluster_heals() {
     assert!(seen(&c)
         .iter()
         .any(|(name, services)| name == "a" && services.len() == 2));
+
+    // A node that stops cleanly leaves at once: its lease (a minute long
+    // here) is revoked, not left to run out.
+    let mut d = node_with(dir.path(), "d", "127.0.0.6", &etcd.url, "", &[], "60s");
+    eventually("a sees d", SETTLE, || {
+        node_names(&a).contains(&"d".to_string())
+    });
+    d.signal(libc::SIGINT);
+    assert_eq!(d.wait(), Some(0));
+    eventually(
+        "a drops d long before its lease would run out",
+        SETTLE,
+        || !node_names(&a).contains(&"d".to_string()),
+    );
 
     // A model served only on b, stopped there, through a's gateway: b starts it.
     let replies = ask(&a.url, "beta", 1);
