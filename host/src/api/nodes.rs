@@ -22,12 +22,12 @@ type Api = State<Arc<ApiState>>;
 #[utoipa::path(get, path = "/v1/nodes", tag = "cluster",
     responses((status = 200, body = [NodeView])))]
 pub async fn list(State(api): Api) -> Json<Vec<NodeView>> {
-    let Some(cluster) = api.cluster.clone() else {
-        return Json(Vec::new());
-    };
-    // The local record may ask the GPU driver.
-    let nodes = tokio::task::spawn_blocking(move || cluster.nodes()).await;
-    Json(nodes.unwrap_or_default())
+    Json(
+        api.cluster
+            .as_ref()
+            .map(|cluster| cluster.nodes())
+            .unwrap_or_default(),
+    )
 }
 
 /// What can be done to a service.

@@ -43,7 +43,7 @@ pub async fn list(State(api): Api, Query(query): Query<ListQuery>) -> Json<Vec<S
         .map(|status| with_mcp(&api, ServiceView::from(status)))
         .collect();
     if let (Some(true), Some(cluster)) = (query.all, &api.cluster) {
-        for node in cluster.nodes().into_iter().filter(|node| !node.local) {
+        for node in cluster.others() {
             let name = &node.record.node;
             listed.extend(
                 node.services

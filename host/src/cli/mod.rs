@@ -188,6 +188,17 @@ pub enum PluginsAction {
     Test { plugin: String },
 }
 
+/// The production sandbox, caching compiled components under `state_dir`.
+fn plugin_engine(
+    state_dir: &std::path::Path,
+    metrics: crate::metrics::Metrics,
+) -> anyhow::Result<std::sync::Arc<crate::plugin::PluginEngine>> {
+    use crate::plugin::{Limits, PluginEngine};
+    let cache = crate::paths::component_cache(state_dir);
+    PluginEngine::with_metrics(Limits::default(), Some(cache), metrics)
+        .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))
+}
+
 /// The plugin catalog as the CLI and the daemon see it: the engine caches compiled
 /// components under `state_dir`; plugins that fail to load are printed as warnings.
 fn load_catalog(
@@ -196,11 +207,8 @@ fn load_catalog(
     policies: &crate::plugin::Policies,
     metrics: crate::metrics::Metrics,
 ) -> anyhow::Result<crate::plugin::Catalog> {
-    use crate::plugin::{Catalog, Limits, PluginEngine};
-    let cache = crate::paths::component_cache(state_dir);
-    let engine = PluginEngine::with_metrics(Limits::default(), Some(cache), metrics)
-        .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
-    let catalog = Catalog::load(&engine, plugin_dirs, policies);
+    let engine = plugin_engine(state_dir, metrics)?;
+    let catalog = crate::plugin::Catalog::load(&engine, plugin_dirs, policies);
     for problem in catalog.problems() {
         // One line each, whatever bytes the broken file put in the message.
         eprintln!("warning: {}", crate::plugin::one_line(&problem.to_string()));

@@ -148,10 +148,8 @@ fn grants_text(name: &str, grants: Option<&crate::plugin::Grants>) -> String {
 
 /// `nanny plugins test FILE.wasm|BUILTIN`: the conformance kit's report.
 fn test(plugin: &str, state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    use crate::plugin::{Limits, Plugin, PluginEngine, PluginSource};
-    let cache = paths::component_cache(state_dir);
-    let engine = PluginEngine::new(Limits::default(), Some(cache))
-        .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
+    use crate::plugin::{Plugin, PluginSource};
+    let engine = super::plugin_engine(state_dir, crate::metrics::Metrics::default())?;
     let path = std::path::PathBuf::from(plugin);
     let loaded = if path.is_file() {
         std::fs::read(&path)

@@ -126,13 +126,22 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let shelf = crate::catalog::Shelf::new(|found| {
             say!("nanny: the catalog has {found} model(s) (`nanny models`)");
         });
-        let local_node = super::node::LocalNode::new(supervisor.clone());
-        let cluster = config.cluster.clone().map(|mut settings| {
-            if settings.advertise.is_empty() {
-                settings.advertise = format!("http://{bound}");
-            }
-            crate::cluster::Cluster::new(settings, local_node.clone())
-        });
+        // Only a node in a cluster says what it is (it asks the driver once).
+        let local_node = config
+            .cluster
+            .is_some()
+            .then(|| super::node::LocalNode::new(supervisor.clone()));
+        let cluster =
+            config
+                .cluster
+                .clone()
+                .zip(local_node.clone())
+                .map(|(mut settings, local_node)| {
+                    if settings.advertise.is_empty() {
+                        settings.advertise = format!("http://{bound}");
+                    }
+                    crate::cluster::Cluster::new(settings, local_node)
+                });
         let gateway = Gateway::build(
             supervisor.clone(),
             config.gateway.clone(),
@@ -144,7 +153,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             )),
             cluster.clone(),
         );
-        local_node.serve_through(&gateway);
+        if let Some(local_node) = &local_node {
+            local_node.serve_through(&gateway);
+        }
         let registry = cluster.clone().map(|cluster| {
             say!(
                 "nanny: node `{}` joins the cluster at {} (advertised as {})",
@@ -244,7 +255,7 @@ async fn publish_state_changes(
 ) {
     loop {
         match events.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => cluster.local_changed(),
+            Ok(_) | Err(RecvError::Lagged(_)) => cluster.state_changed(),
             Err(RecvError::Closed) => return,
         }
     }

@@ -101,8 +101,10 @@ pub struct Cluster {
     local: Arc<dyn Local>,
     view: Mutex<records::View>,
     link: watch::Sender<Link>,
-    /// Something this node publishes changed (a state, a request in flight).
-    changed: Notify,
+    /// A service's state changed here: put at once.
+    state_changed: Notify,
+    /// Only the requests in flight changed: put within `LOAD_GAP`.
+    load_changed: Notify,
     /// Requests this node forwards now, by (node, service): spreads a burst
     /// before the replicas' own counts come back through etcd.
     forwards: Mutex<BTreeMap<(String, String), usize>>,
@@ -134,7 +136,8 @@ impl Cluster {
             local,
             view: Mutex::default(),
             link,
-            changed: Notify::new(),
+            state_changed: Notify::new(),
+            load_changed: Notify::new(),
             forwards: Mutex::default(),
             unreachable: Mutex::default(),
             turn: AtomicUsize::new(0),
@@ -151,9 +154,15 @@ impl Cluster {
         self.config.token.as_deref()
     }
 
-    /// Something this node publishes changed: the registry puts it soon.
-    pub fn local_changed(&self) {
-        self.changed.notify_one();
+    /// A service's state changed here: the registry puts it at once.
+    pub fn state_changed(&self) {
+        self.state_changed.notify_one();
+    }
+
+    /// Requests in flight here changed: the registry puts them soon (a busy
+    /// gateway puts a few times a second, not per request).
+    pub fn load_changed(&self) {
+        self.load_changed.notify_one();
     }
 
     /// This node's own record, as it is now.
@@ -196,7 +205,7 @@ impl Cluster {
         }
     }
 
-    /// Every node: this one first (as it is now), then the others as etcd said.
+    /// Every node: this one first (as it is now), then the others.
     pub fn nodes(&self) -> Vec<NodeView> {
         let now = unix_ms(SystemTime::now());
         let mut nodes = vec![NodeView {
@@ -206,31 +215,25 @@ impl Cluster {
             changed_unix_ms: now,
             services: self.local.services(),
         }];
-        let link = self.link.borrow().clone();
-        let seen = match link.state {
-            LinkState::Connected => now,
-            LinkState::Connecting | LinkState::Disconnected => link.since_unix_ms,
-        };
-        let view = lock(&self.view);
-        nodes.extend(view.nodes().map(|(record, remote)| NodeView {
-            record: record.clone(),
-            local: false,
-            last_seen_unix_ms: seen,
-            changed_unix_ms: remote.changed_unix_ms,
-            services: remote.services.values().cloned().collect(),
-        }));
+        nodes.extend(self.others());
         nodes
     }
 
-    /// Every model other nodes serve, with the service and node serving it.
-    pub fn models(&self) -> Vec<(String, ServiceRecord)> {
+    /// The other nodes, as etcd last said.
+    pub fn others(&self) -> Vec<NodeView> {
+        let link = self.link.borrow().clone();
+        let seen = match link.state {
+            LinkState::Connected => unix_ms(SystemTime::now()),
+            LinkState::Connecting | LinkState::Disconnected => link.since_unix_ms,
+        };
         let view = lock(&self.view);
         view.nodes()
-            .flat_map(|(record, remote)| {
-                remote
-                    .services
-                    .values()
-                    .map(|service| (record.node.clone(), service.clone()))
+            .map(|(record, remote)| NodeView {
+                record: record.clone(),
+                local: false,
+                last_seen_unix_ms: seen,
+                changed_unix_ms: remote.changed_unix_ms,
+                services: remote.services.values().cloned().collect(),
             })
             .collect()
     }
@@ -250,7 +253,7 @@ impl Cluster {
             unreachable.retain(|_, until| *until > now);
             unreachable.keys().cloned().collect()
         };
-        let forwards = lock(&self.forwards).clone();
+        let forwards = lock(&self.forwards);
         let mut found: Vec<((bool, bool, usize), Replica)> = {
             let view = lock(&self.view);
             view.serving(model)

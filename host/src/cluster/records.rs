@@ -69,16 +69,6 @@ pub struct ServiceRecord {
     pub in_flight: usize,
 }
 
-impl ServiceRecord {
-    /// The same service but for its load: a change only in load may wait.
-    pub fn same_but_load(&self, other: &Self) -> bool {
-        Self {
-            in_flight: other.in_flight,
-            ..self.clone()
-        } == *other
-    }
-}
-
 /// Which key a node's key is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {

@@ -89,7 +89,7 @@ async fn session(
         .with_keep_alive_while_idle(true);
     let mut client = Client::connect(&config.etcd, Some(options)).await?;
     let node_key = Key::Node(config.node.clone()).path(&config.prefix);
-    refuse_if_taken(&mut client, &node_key, &read_local(cluster).await?.0).await?;
+    refuse_if_taken(&mut client, &node_key, cluster).await?;
     let ttl = i64::try_from(config.lease_ttl.as_secs()).unwrap_or(i64::MAX);
     let lease = client.lease_grant(ttl, None).await?;
     let (lease_id, granted) = (lease.id(), lease.ttl().max(1));
@@ -140,8 +140,15 @@ async fn session(
                     None => return Err(SessionError::Lost("the watch stream ended".into())),
                 }
             }
-            _ = cluster.changed.notified() => {
-                put_due = Some(published.due(cluster).await);
+            _ = cluster.state_changed.notified() => {
+                put_due = Some(Instant::now());
+            }
+            _ = cluster.load_changed.notified() => {
+                // A change only in load waits for the gap after the last put.
+                let after_gap = published.last_put.map_or_else(Instant::now, |last| {
+                    (last + LOAD_GAP).max(Instant::now())
+                });
+                put_due.get_or_insert(after_gap);
             }
             _ = tokio::time::sleep_until(due), if put_due.is_some() => {
                 put_due = None;
@@ -169,14 +176,17 @@ async fn keep_alive(keeper: &mut LeaseKeeper) -> Result<(), SessionError> {
 async fn refuse_if_taken(
     client: &mut Client,
     node_key: &str,
-    me: &NodeRecord,
+    cluster: &Cluster,
 ) -> Result<(), SessionError> {
     let found = client.get(node_key, None).await?;
     let Some(kv) = found.kvs().first() else {
         return Ok(());
     };
     match serde_json::from_slice::<NodeRecord>(kv.value()) {
-        Ok(record) if record.instance != me.instance && record.advertise != me.advertise => {
+        Ok(record)
+            if record.instance != cluster.instance
+                && record.advertise != cluster.config.advertise =>
+        {
             Err(SessionError::Taken {
                 node: record.node,
                 advertise: record.advertise,
@@ -243,25 +253,6 @@ struct Published {
 }
 
 impl Published {
-    /// When the next put should happen: now for a state change, after
-    /// `LOAD_GAP` for one only in load.
-    async fn due(&self, cluster: &Arc<Cluster>) -> Instant {
-        let now = Instant::now();
-        let Ok((_, services)) = read_local(cluster).await else {
-            return now;
-        };
-        let only_load = services.len() == self.services.len()
-            && services.iter().all(|service| {
-                self.services
-                    .get(&service.name)
-                    .is_some_and(|published| published.same_but_load(service))
-            });
-        match (only_load, self.last_put) {
-            (true, Some(last)) => (last + LOAD_GAP).max(now),
-            _ => now,
-        }
-    }
-
     async fn put_changed(
         &mut self,
         client: &mut Client,
@@ -270,7 +261,7 @@ impl Published {
         node_key: &str,
     ) -> Result<(), SessionError> {
         let config = &cluster.config;
-        let (record, services) = read_local(cluster).await?;
+        let (record, services) = (cluster.record(), cluster.local.services());
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         if self.node.as_ref() != Some(&record) {
             let value = serde_json::to_vec(&record).unwrap_or_default();
@@ -306,15 +297,4 @@ impl Published {
         self.last_put = Some(Instant::now());
         Ok(())
     }
-}
-
-/// This node's record and services, read off the async workers (the GPU
-/// part may ask the driver).
-async fn read_local(
-    cluster: &Arc<Cluster>,
-) -> Result<(NodeRecord, Vec<ServiceRecord>), SessionError> {
-    let cluster = cluster.clone();
-    tokio::task::spawn_blocking(move || (cluster.record(), cluster.local.services()))
-        .await
-        .map_err(|error| SessionError::Lost(format!("reading this node's state failed: {error}")))
 }

@@ -53,7 +53,7 @@ pub(super) fn resolve(
             None => source.error(at(key), format!("cluster.{key}"), message),
         });
     };
-    let (etcd, etcd_from) = match env("NANNY_ETCD") {
+    let (etcd, etcd_from): (Vec<String>, _) = match env("NANNY_ETCD") {
         Some(list) => (
             list.split(',')
                 .map(|url| url.trim().to_string())
@@ -66,7 +66,6 @@ pub(super) fn resolve(
             None,
         ),
     };
-    let etcd: Vec<String> = etcd;
     if etcd.is_empty() {
         return None;
     }

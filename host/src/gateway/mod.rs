@@ -388,18 +388,20 @@ impl Gateway {
     /// The models other nodes serve, each once (the first node's).
     pub fn models_elsewhere(&self) -> Vec<ListedModel> {
         let mut listed: Vec<ListedModel> = Vec::new();
-        let elsewhere = self.cluster.as_ref().map(|cluster| cluster.models());
-        for (node, service) in elsewhere.into_iter().flatten() {
-            for id in &service.models {
-                if listed.iter().any(|model| &model.id == id) {
-                    continue;
+        let others = self.cluster.as_ref().map(|cluster| cluster.others());
+        for node in others.into_iter().flatten() {
+            for service in &node.services {
+                for id in &service.models {
+                    if listed.iter().any(|model| &model.id == id) {
+                        continue;
+                    }
+                    listed.push(ListedModel {
+                        id: id.clone(),
+                        service: service.name.clone(),
+                        status: service.state.clone(),
+                        node: Some(node.record.node.clone()),
+                    });
                 }
-                listed.push(ListedModel {
-                    id: id.clone(),
-                    service: service.name.clone(),
-                    status: service.state.clone(),
-                    node: Some(node.clone()),
-                });
             }
         }
         listed
@@ -409,19 +411,16 @@ impl Gateway {
     /// made from the catalog), else — unless another node forwarded it —
     /// the other nodes that serve it.
     pub async fn target(&self, model: &str, forwarded: bool) -> Result<Target, GatewayError> {
-        let here = self.route(model).await;
-        match (&here, &self.cluster) {
-            (Err(missing), Some(cluster))
-                if missing.status == StatusCode::NOT_FOUND && !forwarded =>
-            {
-                let replicas = cluster.replicas(model);
-                if !replicas.is_empty() {
-                    return Ok(Target::Elsewhere(replicas));
-                }
-            }
-            _ => {}
+        if let Some(route) = self.route_here(model).await? {
+            return Ok(Target::Here(Box::new(route)));
         }
-        here.map(|route| Target::Here(Box::new(route)))
+        if let (Some(cluster), false) = (&self.cluster, forwarded) {
+            let replicas = cluster.replicas(model);
+            if !replicas.is_empty() {
+                return Ok(Target::Elsewhere(replicas));
+            }
+        }
+        Err(self.no_such_model(model))
     }
 
     /// Sends a request to the first of `replicas` that answers: one that
@@ -483,11 +482,12 @@ impl Gateway {
         Err(error)
     }
 
-    /// The service that serves `model`: configured names first, then the models
-    /// backends reported; else a 404 naming close names.
-    pub async fn route(&self, model: &str) -> Result<Route, GatewayError> {
+    /// The service here that serves `model` — configured names first, then
+    /// the models backends reported, then one made from the catalog when it
+    /// can be; `None` when none does.
+    async fn route_here(&self, model: &str) -> Result<Option<Route>, GatewayError> {
         if let Some((service, routable)) = self.supervisor.routable_for(model) {
-            return Ok(Route { service, routable });
+            return Ok(Some(Route { service, routable }));
         }
         // A model nobody configured may be one the catalog can serve.
         if let Some(make) = &self.on_demand {
@@ -495,7 +495,7 @@ impl Gateway {
                 // Made now, or by a request a moment earlier.
                 Ok(_) => {
                     if let Some((service, routable)) = self.supervisor.routable_for(model) {
-                        return Ok(Route { service, routable });
+                        return Ok(Some(Route { service, routable }));
                     }
                 }
                 Err(message) => {
@@ -507,6 +507,11 @@ impl Gateway {
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// The 404 for a model nobody serves, naming close names.
+    fn no_such_model(&self, model: &str) -> GatewayError {
         let known: Vec<String> = self.models().into_iter().map(|model| model.id).collect();
         let hint = crate::config::did_you_mean(model, known.iter().map(String::as_str))
             .map_or_else(
@@ -519,11 +524,11 @@ impl Gateway {
                 },
                 |close| format!("; did you mean `{close}`?"),
             );
-        Err(GatewayError::new(
+        GatewayError::new(
             StatusCode::NOT_FOUND,
             "model_not_found",
             format!("The model `{model}` does not exist{hint}"),
-        ))
+        )
     }
 
     /// The service called `name`, whatever it serves; else a 404.
@@ -674,7 +679,7 @@ impl Gateway {
     /// The other nodes see each service's requests in flight.
     fn load_changed(&self) {
         if let Some(cluster) = &self.cluster {
-            cluster.local_changed();
+            cluster.load_changed();
         }
     }
 

@@ -113,33 +113,34 @@ impl Grants {
 
     fn check_program(&self, process: &Process) -> Result<(), (String, String)> {
         let asked = &process.program;
-        let granted = if asked.contains('/') {
-            let resolved = normalized(Path::new(asked));
-            let resolved = resolved.to_string_lossy();
-            self.programs.iter().any(|pattern| {
+        // What is matched and shown: a path resolved, a bare name as it is.
+        let (shown, granted) = if asked.contains('/') {
+            let resolved = normalized(Path::new(asked)).to_string_lossy().into_owned();
+            let granted = self.programs.iter().any(|pattern| {
                 pattern.contains('/') && crate::glob::matches_path(pattern, &resolved)
-            })
+            });
+            (resolved, granted)
         } else {
             // A bare name runs whatever PATH finds: granted by that name, or
-            // by a path grant that matches where PATH finds it.
-            self.programs.iter().any(|pattern| {
+            // by a path grant that matches where PATH finds it (looked up once).
+            let found = std::cell::OnceCell::new();
+            let granted = self.programs.iter().any(|pattern| {
                 if pattern.contains('/') {
-                    on_path(asked).is_some_and(|found| {
-                        crate::glob::matches_path(pattern, &found.to_string_lossy())
-                    })
+                    found
+                        .get_or_init(|| {
+                            on_path(asked).map(|path| path.to_string_lossy().into_owned())
+                        })
+                        .as_deref()
+                        .is_some_and(|found| crate::glob::matches_path(pattern, found))
                 } else {
                     crate::glob::matches(pattern, asked)
                 }
-            })
+            });
+            (asked.clone(), granted)
         };
         if granted {
             return Ok(());
         }
-        let shown = if asked.contains('/') {
-            normalized(Path::new(asked)).to_string_lossy().into_owned()
-        } else {
-            asked.clone()
-        };
         Err((
             format!("run `{}`", shown.escape_default()),
             format!("programs = [\"{}\"]", shown.escape_default()),
