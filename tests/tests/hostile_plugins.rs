@@ -75,7 +75,13 @@ fn an_endless_loop_hits_the_call_deadline() {
 
 #[test]
 fn endless_memory_growth_stops_at_the_cap() {
-    let error = misbehave("grow", Limits::default());
+    // Time enough to reach the cap on a loaded machine: this is about memory,
+    // and a deadline that struck first would be another failure (it did, once).
+    let limits = Limits {
+        call_deadline: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let error = misbehave("grow", limits);
     assert!(
         matches!(error, PluginError::MemoryCap { cap_bytes, .. } if cap_bytes == 64 << 20),
         "{error}"
@@ -121,7 +127,9 @@ fn a_plugin_for_a_future_wit_version_is_refused_naming_both() {
         "{message}"
     );
     assert!(
-        message.contains("nanny:backend@0.2.0") && message.contains("nanny:backend@0.1.0"),
+        message.contains("nanny:backend@0.3.0")
+            && message.contains("nanny:backend@0.2.0")
+            && message.contains("nanny:backend@0.1.0"),
         "{message}"
     );
 }

@@ -21,7 +21,7 @@ fn lists_the_builtins_with_their_wit_version() {
         .collect();
     assert_eq!(names, BUILTINS, "{stderr}");
     for plugin in &plugins {
-        assert_eq!(plugin["wit_version"], "0.1.0");
+        assert_eq!(plugin["wit_version"], "0.2.0");
         assert_eq!(plugin["source"], "builtin");
         assert!(!plugin["summary"].as_str().unwrap().is_empty());
     }
@@ -42,7 +42,7 @@ fn the_table_has_a_line_per_plugin() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("vllm ") && l.contains("builtin") && l.contains("0.1.0")),
+            .any(|l| l.starts_with("vllm ") && l.contains("builtin") && l.contains("0.2.0")),
         "{stdout}"
     );
 }
@@ -60,7 +60,7 @@ fn a_dropped_in_plugin_is_inspected_from_its_file() {
     assert!(ok, "{stderr}");
     let info: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(info["name"], "hello");
-    assert_eq!(info["wit_version"], "0.1.0");
+    assert_eq!(info["wit_version"], "0.2.0");
     assert_eq!(
         info["source"],
         dir.path()
@@ -77,7 +77,7 @@ fn a_dropped_in_plugin_is_inspected_from_its_file() {
     );
     assert!(ok);
     assert!(
-        text.contains("wit:      nanny:backend@0.1.0") && text.contains("greeting"),
+        text.contains("wit:      nanny:backend@0.2.0") && text.contains("greeting"),
         "{text}"
     );
 }
@@ -137,7 +137,7 @@ fn broken_plugins_are_reported_and_the_rest_still_load() {
     );
     assert!(
         stderr
-            .contains("built for nanny:backend@0.2.0, but this nanny supports nanny:backend@0.1.0"),
+            .contains("built for nanny:backend@0.3.0, but this nanny supports nanny:backend@0.2.0, nanny:backend@0.1.0"),
         "{stderr}"
     );
     assert!(

@@ -134,14 +134,17 @@ fn grants_text(name: &str, grants: Option<&crate::plugin::Grants>) -> String {
         }
     };
     let mut out = format!(
-        "\ngrants (`[plugins.{name}]`):\n  programs: {}\n  images:   {}\n  mounts:   {}\n  env:      {}\n",
+        "\ngrants (`[plugins.{name}]`):\n  programs: {}\n  images:   {}\n  mounts:   {}\n  env:      {}\n  compose:  {}\n",
         list(&grants.programs),
         list(&grants.images),
         list(&mounts),
-        list(&grants.env)
+        list(&grants.env),
+        list(&grants.compose)
     );
-    if grants.programs.is_empty() && grants.images.is_empty() {
-        out.push_str("  (it may launch nothing until you grant it a program or an image)\n");
+    if grants.programs.is_empty() && grants.images.is_empty() && grants.compose.is_empty() {
+        out.push_str(
+            "  (it may launch nothing until you grant it a program, an image or a compose folder)\n",
+        );
     }
     out
 }

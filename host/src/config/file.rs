@@ -50,6 +50,9 @@ pub struct RawPluginGrants {
     /// Environment names it may set (`HF_*`); never `LD_*` or `NANNY_*`.
     #[serde(default)]
     pub env: Vec<Spanned<String>>,
+    /// Compose project folders it may bring up (absolute; `*` within a part).
+    #[serde(default)]
+    pub compose: Vec<Spanned<String>>,
     /// Let a file of this name replace the builtin plugin of the same name.
     #[serde(default, rename = "override")]
     pub replaces_builtin: bool,
@@ -185,7 +188,8 @@ impl Default for RawDaemon {
 pub struct RawService {
     /// Only in a manifest under `services_dir`; in `nanny.toml` the table names the service.
     pub name: Option<Spanned<String>>,
-    pub backend: Spanned<String>,
+    /// Required, but in a manifest folder that holds a compose file (then `compose`).
+    pub backend: Option<Spanned<String>>,
     pub model: Option<String>,
     /// The names clients use for what this service serves (the first is canonical).
     #[serde(default)]

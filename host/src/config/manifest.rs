@@ -1,7 +1,8 @@
 //! Service manifests: every `<dir>/service.toml` or `service.yaml` under
 //! `services_dir` declares one service, with the same keys as `[services.<name>]`
 //! plus `name` (else the folder's name) and the fields people already write in such
-//! manifests (`health_endpoint`, `gpu_required`, `vram_gb`).
+//! manifests (`health_endpoint`, `gpu_required`, `vram_gb`). A manifest beside a
+//! compose file that names no backend is a `compose` service.
 
 use std::path::{Path, PathBuf};
 
@@ -108,9 +109,19 @@ pub(super) fn read(path: &Path) -> Result<(ManifestFile, RawService), Vec<Config
     if !unknown.is_empty() {
         return Err(unknown);
     }
-    let service =
+    let mut service: RawService =
         toml::from_str(&file.text).map_err(|error| vec![parse_error(&file.source(), &error)])?;
+    // A folder that holds a compose file and says no backend is a compose project.
+    if service.backend.is_none() && has_compose_file(file.dir()) {
+        service.backend = Some(toml::Spanned::new(0..0, "compose".to_string()));
+    }
     Ok((file, service))
+}
+
+fn has_compose_file(folder: &Path) -> bool {
+    crate::runtime::compose::FILE_NAMES
+        .iter()
+        .any(|name| folder.join(name).is_file())
 }
 
 /// YAML → TOML text, so one set of types (and one set of error messages) reads both.

@@ -294,16 +294,27 @@ impl Config {
         for declared in &self.services {
             let source = self.source_of(declared);
             let raw = &declared.raw;
-            let Some(plugin) = catalog.get(raw.backend.get_ref()) else {
-                let known: Vec<&str> = catalog.plugins().map(|p| p.name()).collect();
-                let hint = did_you_mean(raw.backend.get_ref(), known.iter().copied()).map_or_else(
+            let known: Vec<&str> = catalog.plugins().map(|p| p.name()).collect();
+            let Some(backend) = &raw.backend else {
+                errors.push(source.error(
+                    declared.name_offset,
+                    declared.key("backend"),
+                    format!(
+                        "missing key `backend`: which backend runs this service ({})",
+                        known.join(", ")
+                    ),
+                ));
+                continue;
+            };
+            let Some(plugin) = catalog.get(backend.get_ref()) else {
+                let hint = did_you_mean(backend.get_ref(), known.iter().copied()).map_or_else(
                     || format!("; known backends: {}", known.join(", ")),
                     |close| format!("; did you mean `{close}`?"),
                 );
                 errors.push(source.error(
-                    raw.backend.span().start,
+                    backend.span().start,
                     declared.key("backend"),
-                    format!("no backend named `{}`{hint}", raw.backend.get_ref()),
+                    format!("no backend named `{}`{hint}", backend.get_ref()),
                 ));
                 continue;
             };
@@ -749,6 +760,15 @@ fn plugin_policies(
                 ));
             }
         }
+        for folder in &raw.compose {
+            if !folder.get_ref().starts_with('/') {
+                errors.push(source.error(
+                    folder.span().start,
+                    key("compose"),
+                    format!("`{}` is not an absolute path", folder.get_ref()),
+                ));
+            }
+        }
         let mut mounts = Vec::new();
         for mount in &raw.mounts {
             let (path, rw) = match mount.get_ref() {
@@ -772,6 +792,7 @@ fn plugin_policies(
                     images: raw.images.clone(),
                     mounts,
                     env: raw.env.iter().map(|e| e.get_ref().clone()).collect(),
+                    compose: raw.compose.iter().map(|c| c.get_ref().clone()).collect(),
                 },
                 replaces_builtin: raw.replaces_builtin,
             },

@@ -10,7 +10,7 @@ use serde::Serialize;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
-use super::bindings::{self, BackendPre, WIT_VERSION};
+use super::bindings::{Linked, WIT_VERSIONS};
 use super::engine::PluginEngine;
 use super::error::PluginError;
 use super::grants::{Grants, Refusal};
@@ -84,7 +84,7 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// What its plans may launch; `None` for a builtin (trusted).
     pub grants: Option<Grants>,
-    pub(super) pre: BackendPre<StoreState>,
+    pub(super) linked: Linked,
     pub(super) engine: Arc<PluginEngine>,
 }
 
@@ -126,22 +126,19 @@ impl Plugin {
             return Err(PluginError::IncompatibleWit {
                 origin,
                 found: wit_version,
-                supported: WIT_VERSION.into(),
+                supported: WIT_VERSIONS.join(", nanny:backend@"),
             });
         }
         let instantiate_error = |error: wasmtime::Error| PluginError::Instantiate {
             plugin: origin.clone(),
             message: format!("{error:#}"),
         };
-        let pre = engine
-            .linker
-            .instantiate_pre(&component)
-            .map_err(instantiate_error)?;
-        let pre = BackendPre::new(pre).map_err(instantiate_error)?;
+        let linked =
+            Linked::new(&engine.linker, &component, &wit_version).map_err(instantiate_error)?;
 
         let mut store = new_store(engine, &origin, "");
-        let backend = pre.instantiate(&mut store).map_err(instantiate_error)?;
-        let described = backend.call_describe(&mut store);
+        let backend = linked.instantiate(&mut store).map_err(instantiate_error)?;
+        let described = backend.describe(&mut store);
         let described = described.map_err(|error| classify(&origin, "describe", error, &store))?;
         check_reply(&origin, "describe", &described, engine.limits.reply_bytes)?;
         if !crate::names::is_valid(&described.name) {
@@ -169,7 +166,7 @@ impl Plugin {
                     .map(SettingInfo::from)
                     .collect(),
             },
-            pre,
+            linked,
             engine: engine.clone(),
         })
     }
@@ -205,22 +202,25 @@ fn wit_version(engine: &wasmtime::Engine, component: &Component) -> Option<Strin
     })
 }
 
-/// Within a minor series only imports are added, so any 0.1.x plugin whose patch is
-/// not newer than ours links; anything else does not.
+/// Within a minor series only imports are added, so a plugin links when one of
+/// the versions we speak has its minor and a patch at least as new as its own.
 fn speaks(version: &str) -> bool {
-    let ours: Vec<u64> = WIT_VERSION
-        .split('.')
-        .filter_map(|part| part.parse().ok())
-        .collect();
-    let theirs: Vec<u64> = version
-        .split('.')
-        .filter_map(|part| part.parse().ok())
-        .collect();
-    theirs.len() == 3 && theirs[..2] == ours[..2] && theirs[2] <= ours[2]
+    let numbers = |version: &str| -> Vec<u64> {
+        version
+            .split('.')
+            .filter_map(|part| part.parse().ok())
+            .collect()
+    };
+    let theirs = numbers(version);
+    theirs.len() == 3
+        && WIT_VERSIONS.iter().any(|ours| {
+            let ours = numbers(ours);
+            theirs[..2] == ours[..2] && theirs[2] <= ours[2]
+        })
 }
 
-impl From<bindings::nanny::backend::types::SettingSpec> for SettingInfo {
-    fn from(spec: bindings::nanny::backend::types::SettingSpec) -> Self {
+impl From<super::types::SettingSpec> for SettingInfo {
+    fn from(spec: super::types::SettingSpec) -> Self {
         let default = spec.default.as_ref().map(super::value_json);
         Self {
             key: spec.key,
@@ -326,10 +326,13 @@ mod tests {
     use super::speaks;
 
     #[test]
-    fn speaks_only_its_own_minor_series_up_to_its_patch() {
+    fn speaks_its_own_minor_series_up_to_their_patches() {
         assert!(speaks("0.1.0"));
+        assert!(speaks("0.2.0"));
         assert!(!speaks("0.1.1"));
-        assert!(!speaks("0.2.0"));
+        assert!(!speaks("0.2.1"));
+        assert!(!speaks("0.3.0"));
+        assert!(!speaks("0.0.1"));
         assert!(!speaks("1.1.0"));
         assert!(!speaks("0.1"));
     }

@@ -345,6 +345,9 @@ fn check_plan(plan: &Plan) -> Result<String, String> {
         Launch::Container(container) if container.image.trim().is_empty() => {
             problems.push("the container has no image".to_string())
         }
+        Launch::Compose(compose) if compose.service.as_deref().is_some_and(str::is_empty) => {
+            problems.push("the compose project names an empty service".to_string())
+        }
         _ => {}
     }
     for (what, probe) in std::iter::once(("readiness", &plan.readiness))
@@ -372,6 +375,10 @@ fn check_plan(plan: &Plan) -> Result<String, String> {
             Launch::Container(container) => {
                 format!("runs the image `{}`", container.image.escape_default())
             }
+            Launch::Compose(compose) => format!(
+                "brings up the compose project in `{}`",
+                compose.work_dir.as_deref().unwrap_or(".").escape_default()
+            ),
         })
     } else {
         Err(problems.join("; "))

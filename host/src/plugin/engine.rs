@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use super::bindings::Backend;
 use super::cache::ComponentCache;
 use super::sandbox::StoreState;
 
@@ -73,7 +72,7 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Backend::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        super::bindings::add_to_linker(&mut linker)?;
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(Self {
             engine,

@@ -9,13 +9,14 @@
 //! images = ["vllm/vllm-openai:*"]
 //! mounts = ["/srv/models", { path = "/scratch", rw = true }]
 //! env = ["HF_*", "VLLM_*"]
+//! compose = ["/srv/stacks/*"]
 //! ```
 
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{Container, Launch, Process};
+use super::{Compose, Container, Launch, Process};
 
 /// What the user granted one plugin. Nothing granted: it may launch nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -29,6 +30,9 @@ pub struct Grants {
     pub mounts: Vec<MountGrant>,
     /// Environment names it may set (`HF_*`), beyond the service's own `env`.
     pub env: Vec<String>,
+    /// Compose project folders it may bring up (a compose file can run
+    /// anything, so the folder is what the user vouches for).
+    pub compose: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +85,11 @@ impl Grants {
                 self.check_container(container)
                     .map_err(|(asked, line)| refuse(asked, line))?;
                 &container.env
+            }
+            Launch::Compose(compose) => {
+                self.check_compose(compose)
+                    .map_err(|(asked, line)| refuse(asked, line))?;
+                &compose.env
             }
         };
         for (name, value) in env {
@@ -189,6 +198,39 @@ impl Grants {
     }
 }
 
+impl Grants {
+    /// The project folder and every compose file outside it must be granted.
+    fn check_compose(&self, compose: &Compose) -> Result<(), (String, String)> {
+        let folder = normalized(Path::new(compose.work_dir.as_deref().unwrap_or("")));
+        let granted = |path: &Path| {
+            let shown = path.to_string_lossy();
+            path.is_absolute()
+                && self.compose.iter().any(|pattern| {
+                    crate::glob::matches_path(pattern, &shown)
+                        || path.starts_with(Path::new(pattern))
+                })
+        };
+        let asked = std::iter::once(folder.clone()).chain(
+            compose
+                .files
+                .iter()
+                .chain(&compose.env_files)
+                .map(|file| normalized(&folder.join(file)))
+                .filter(|file| !file.starts_with(&folder)),
+        );
+        for path in asked {
+            if !granted(&path) {
+                let shown = path.to_string_lossy();
+                return Err((
+                    format!("bring up the compose project `{}`", shown.escape_default()),
+                    format!("compose = [\"{}\"]", shown.escape_default()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `path` with `.` and `..` worked out by the letters (no file is read: the
 /// plugin cannot make links, and a `..` must not walk out of a grant).
 fn normalized(path: &Path) -> PathBuf {
@@ -264,7 +306,51 @@ mod tests {
                 },
             ],
             env: vec!["HF_*".into()],
+            compose: vec!["/srv/stacks/*".into()],
         }
+    }
+
+    fn compose(folder: &str, files: &[&str]) -> Launch {
+        Launch::Compose(Compose {
+            files: files.iter().map(|file| file.to_string()).collect(),
+            profiles: Vec::new(),
+            env_files: Vec::new(),
+            service: None,
+            container_port: Some(8000),
+            env: Vec::new(),
+            work_dir: Some(folder.into()),
+        })
+    }
+
+    #[test]
+    fn a_compose_project_runs_only_from_a_granted_folder() {
+        let grants = grants();
+        for allowed in [
+            compose("/srv/stacks/qwen", &[]),
+            compose("/srv/stacks/qwen", &["compose.gpu.yaml", "sub/more.yaml"]),
+        ] {
+            assert_eq!(grants.check("p", &allowed, &[]), Ok(()), "{allowed:?}");
+        }
+        for (refused, shown) in [
+            (compose("/etc", &[]), "/etc"),
+            (compose("/srv/stacks/qwen/../../../etc", &[]), "/etc"),
+            (
+                compose("/srv/stacks/qwen", &["../../../root/evil.yaml"]),
+                "/root/evil.yaml",
+            ),
+            (compose("relative", &[]), "relative"),
+        ] {
+            let refusal = grants.check("p", &refused, &[]).unwrap_err();
+            assert_eq!(
+                refusal.asked,
+                format!("bring up the compose project `{shown}`"),
+                "{refused:?}"
+            );
+            assert!(refusal.remedy.contains(&format!("compose = [\"{shown}\"]")));
+        }
+        assert!(Grants::default()
+            .check("p", &compose("/srv/stacks/qwen", &[]), &[])
+            .is_err());
     }
 
     #[test]

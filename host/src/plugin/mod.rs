@@ -13,12 +13,11 @@ mod grants;
 mod reply;
 mod sandbox;
 mod session;
+mod types;
 
-pub use bindings::exports::nanny::backend::session::{
-    ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service,
-};
-pub use bindings::nanny::backend::types::{
-    Container, Gpu, Launch, Mount, Probe, Process, Setting, Value,
+pub use types::{
+    Compose, ConfigError, Container, ExitAdvice, Gpu, HttpResponse, Launch, Model, Mount, Output,
+    Plan, Probe, Process, Progress, Service, Setting, Value,
 };
 
 /// A setting's value as JSON, for people and the API.
@@ -31,7 +30,7 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::List(items) => serde_json::Value::from(items.clone()),
     }
 }
-pub use bindings::WIT_VERSION;
+pub use bindings::{WIT_VERSION, WIT_VERSIONS};
 pub use catalog::{
     builtin_wasm, Catalog, Plugin, PluginInfo, PluginSource, Policies, Policy, SettingInfo,
 };

@@ -3,12 +3,9 @@
 
 use wasmtime::{Store, Trap};
 
-use super::bindings::exports::nanny::backend::session::{
-    ConfigError, ExitAdvice, Model, Plan, Progress,
-};
-use super::bindings::nanny::backend::types::{Launch, PluginInfo};
 use super::error::PluginError;
 use super::sandbox::StoreState;
+use super::types::{ConfigError, Described, ExitAdvice, Launch, Model, Plan, Progress};
 
 /// Names which failure a call's error was.
 pub(super) fn classify(
@@ -133,6 +130,14 @@ impl ReplySize for Result<Plan, Vec<ConfigError>> {
                                 .map(|m| m.source.len() + m.target.len() + ITEM_BYTES)
                                 .sum::<usize>()
                     }
+                    Launch::Compose(c) => {
+                        strings(&c.files)
+                            + strings(&c.profiles)
+                            + strings(&c.env_files)
+                            + c.service.as_ref().map_or(0, String::len)
+                            + pairs(&c.env)
+                            + c.work_dir.as_ref().map_or(0, String::len)
+                    }
                 };
                 launch + plan.models_path.len() + plan.readiness.path.len()
             }
@@ -144,7 +149,7 @@ impl ReplySize for Result<Plan, Vec<ConfigError>> {
     }
 }
 
-impl ReplySize for PluginInfo {
+impl ReplySize for Described {
     fn text_bytes(&self) -> usize {
         self.name.len()
             + self.version.len()

@@ -5,7 +5,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::nanny::backend::{host, types};
+use super::types::Level;
 
 /// Log messages longer than this are cut: a plugin must not flood the daemon's log.
 const MAX_LOG_BYTES: usize = 4096;
@@ -116,10 +116,9 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-impl types::Host for StoreState {}
-
-impl host::Host for StoreState {
-    fn log(&mut self, level: host::Level, mut message: String) {
+impl StoreState {
+    /// The `log` import of every contract version.
+    pub(super) fn log_from_plugin(&mut self, level: Level, mut message: String) {
         if !self.log_budget.take() {
             return;
         }
@@ -141,10 +140,10 @@ impl host::Host for StoreState {
         }
         let (plugin, service) = (&self.plugin, &self.service);
         match level {
-            host::Level::Debug => tracing::debug!(plugin, service, "{message}"),
-            host::Level::Info => tracing::info!(plugin, service, "{message}"),
-            host::Level::Warn => tracing::warn!(plugin, service, "{message}"),
-            host::Level::Error => tracing::error!(plugin, service, "{message}"),
+            Level::Debug => tracing::debug!(plugin, service, "{message}"),
+            Level::Info => tracing::info!(plugin, service, "{message}"),
+            Level::Warn => tracing::warn!(plugin, service, "{message}"),
+            Level::Error => tracing::error!(plugin, service, "{message}"),
         }
     }
 }
@@ -152,13 +151,12 @@ impl host::Host for StoreState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use host::Host;
 
     #[test]
     fn a_flood_of_log_calls_is_cut_to_the_budget_and_counted() {
         let mut state = StoreState::new("p", "s", 1 << 20, std::time::Duration::from_millis(100));
         for _ in 0..10_000 {
-            state.log(host::Level::Debug, "x".repeat(10_000));
+            state.log_from_plugin(Level::Debug, "x".repeat(10_000));
         }
         // The burst went out (give or take what refilled meanwhile); the rest waits.
         assert!(

@@ -8,18 +8,16 @@ use std::time::Duration;
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
-use super::bindings::exports::nanny::backend::session::{
-    ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service,
-};
-use super::bindings::Backend;
+use super::bindings::Contract;
 use super::catalog::{new_store, Plugin};
 use super::error::PluginError;
 use super::reply::{check_reply, classify, ReplySize};
 use super::sandbox::StoreState;
+use super::types::{ConfigError, ExitAdvice, HttpResponse, Model, Output, Plan, Progress, Service};
 
 struct Live {
     store: Store<StoreState>,
-    backend: Backend,
+    backend: Box<dyn Contract>,
     session: ResourceAny,
 }
 
@@ -64,28 +62,19 @@ impl PluginSession {
     /// How to run the service, or the configuration problems the plugin found.
     pub fn plan(&mut self) -> Result<Result<Plan, Vec<ConfigError>>, PluginError> {
         self.call("plan", |backend, store, session| {
-            backend
-                .nanny_backend_session()
-                .session()
-                .call_plan(store, session)
+            backend.plan(store, session)
         })
     }
 
     pub fn on_output(&mut self, source: Output, line: &str) -> Result<Progress, PluginError> {
         self.call("on-output", |backend, store, session| {
-            backend
-                .nanny_backend_session()
-                .session()
-                .call_on_output(store, session, source, line)
+            backend.on_output(store, session, source, line)
         })
     }
 
     pub fn on_probe(&mut self, response: &HttpResponse) -> Result<Progress, PluginError> {
         self.call("on-probe", |backend, store, session| {
-            backend
-                .nanny_backend_session()
-                .session()
-                .call_on_probe(store, session, response)
+            backend.on_probe(store, session, response)
         })
     }
 
@@ -94,10 +83,7 @@ impl PluginSession {
         response: &HttpResponse,
     ) -> Result<Result<Vec<Model>, String>, PluginError> {
         self.call("models", |backend, store, session| {
-            backend
-                .nanny_backend_session()
-                .session()
-                .call_models(store, session, response)
+            backend.models(store, session, response)
         })
     }
 
@@ -108,17 +94,14 @@ impl PluginSession {
         last_lines: &[String],
     ) -> Result<ExitAdvice, PluginError> {
         self.call("on-exit", |backend, store, session| {
-            backend
-                .nanny_backend_session()
-                .session()
-                .call_on_exit(store, session, code, signal, last_lines)
+            backend.on_exit(store, session, code, signal, last_lines)
         })
     }
 
     fn call<R: ReplySize>(
         &mut self,
         call: &'static str,
-        invoke: impl FnOnce(&Backend, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<R>,
+        invoke: impl FnOnce(&dyn Contract, &mut Store<StoreState>, ResourceAny) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let limits = self.plugin.engine.limits;
         let live = match self.live.take() {
@@ -131,7 +114,7 @@ impl PluginSession {
             session,
         } = live;
         store.set_epoch_deadline(limits.deadline_ticks());
-        match invoke(&backend, &mut store, session) {
+        match invoke(backend.as_ref(), &mut store, session) {
             Ok(reply) => {
                 self.live = Some(Live {
                     store,
@@ -149,18 +132,16 @@ impl PluginSession {
     fn instantiate(&self) -> Result<Live, PluginError> {
         let plugin = self.plugin.name();
         let mut store = new_store(&self.plugin.engine, plugin, &self.service.name);
-        let backend =
-            self.plugin
-                .pre
-                .instantiate(&mut store)
-                .map_err(|error| PluginError::Instantiate {
-                    plugin: plugin.to_string(),
-                    message: format!("{error:#}"),
-                })?;
+        let backend = self
+            .plugin
+            .linked
+            .instantiate(&mut store)
+            .map_err(|error| PluginError::Instantiate {
+                plugin: plugin.to_string(),
+                message: format!("{error:#}"),
+            })?;
         let session = backend
-            .nanny_backend_session()
-            .session()
-            .call_constructor(&mut store, &self.service)
+            .construct(&mut store, &self.service)
             .map_err(|error| classify(plugin, "session constructor", error, &store))?;
         Ok(Live {
             store,

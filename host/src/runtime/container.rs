@@ -149,27 +149,30 @@ pub async fn run(
         remove(docker, &created.id).await;
         return Err(error.into());
     }
-    Ok(attach(docker, created.id, lines, "all"))
+    Ok(attach(docker, created.id, lines, "all", String::new()))
 }
 
 /// Takes over a running container another run of this daemon started: its
 /// recent output (so a plugin that waits for a ready line sees it) and what
 /// comes next go to `lines`, its exit is watched. Nothing is restarted.
 pub fn adopt(docker: &Docker, id: String, lines: LineSink) -> ContainerHandle {
-    attach(docker, id, lines, ADOPTION_REPLAY_LINES)
+    attach(docker, id, lines, ADOPTION_REPLAY_LINES, String::new())
 }
 
 /// Lines of an adopted container's past output read again on adoption.
 const ADOPTION_REPLAY_LINES: &str = "500";
 
-fn attach(docker: &Docker, id: String, lines: LineSink, tail: &str) -> ContainerHandle {
+/// Follows the container's output into `lines` (each line after `prefix`,
+/// from `tail` lines back) and watches its exit.
+pub(super) fn attach(
+    docker: &Docker,
+    id: String,
+    lines: LineSink,
+    tail: &str,
+    prefix: String,
+) -> ContainerHandle {
     let (exit_in, exit) = watch::channel(None);
-    tokio::spawn(follow_logs(
-        docker.clone(),
-        id.clone(),
-        lines,
-        tail.to_string(),
-    ));
+    follow(docker, id.clone(), lines, tail, prefix);
     tokio::spawn(wait_for_exit(docker.clone(), id.clone(), exit_in));
     ContainerHandle {
         docker: docker.clone(),
@@ -228,18 +231,22 @@ pub async fn leftovers(docker: &Docker, instance: &str) -> HashMap<String, (Stri
 }
 
 async fn list_instance(docker: &Docker, instance: &str) -> Vec<bollard::models::ContainerSummary> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_INSTANCE}={instance}")],
-    )]);
+    list_labelled(docker, &format!("{LABEL_INSTANCE}={instance}"))
+        .await
+        .unwrap_or_default()
+}
+
+/// Every container, running or not, that carries `label` (`key=value`).
+pub(super) async fn list_labelled(
+    docker: &Docker,
+    label: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+    let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
     let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
         .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
+    docker.list_containers(Some(options)).await
 }
 
 /// Removes this instance's containers that are not in `keep`; how many went.
@@ -254,8 +261,19 @@ pub async fn remove_unknown(docker: &Docker, instance: &str, keep: &[String]) ->
     removed
 }
 
+/// Follows the container's output into `lines`, each line after `prefix`.
+pub(super) fn follow(docker: &Docker, id: String, lines: LineSink, tail: &str, prefix: String) {
+    tokio::spawn(follow_logs(
+        docker.clone(),
+        id,
+        lines,
+        tail.to_string(),
+        prefix,
+    ));
+}
+
 /// Splits Docker's log frames into lines, per stream.
-async fn follow_logs(docker: Docker, id: String, lines: LineSink, tail: String) {
+async fn follow_logs(docker: Docker, id: String, lines: LineSink, tail: String, prefix: String) {
     let options = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
@@ -282,7 +300,7 @@ async fn follow_logs(docker: Docker, id: String, lines: LineSink, tail: String) 
             };
             let line = OutputLine {
                 stream,
-                text: text.trim_end_matches(['\n', '\r']).to_string(),
+                text: format!("{prefix}{}", text.trim_end_matches(['\n', '\r'])),
             };
             lines.deliver(line);
         }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::cgroup::Cgroup;
+use super::compose::{ComposeSpec, Composer};
 use super::container::{ContainerSpec, Containers};
 use super::orphans::LaunchRecords;
 use super::{
@@ -35,6 +36,8 @@ pub enum LaunchWhat {
     Process(ProcessSpec),
     /// Name, instance and spec hash are filled in by [`Containers`].
     Container(ContainerSpec),
+    /// A Docker Compose project; its name is [`Composer`]'s to make.
+    Compose(ComposeSpec),
 }
 
 /// Launches plans; one per daemon.
@@ -44,6 +47,7 @@ pub struct Launcher {
     /// Where running launches are recorded for the guardian and the next daemon.
     pub records: Option<LaunchRecords>,
     pub containers: Arc<Containers>,
+    pub compose: Arc<Composer>,
 }
 
 impl Launcher {
@@ -103,11 +107,27 @@ impl Launcher {
                     .launch(spec, lines)
                     .await
                     .map(Launched::Container)
-                    .map_err(|error| match error {
-                        LaunchError::Fatal(reason) => LaunchError::Fatal(format!(
-                            "cannot start a container of `{image}`: {reason}"
-                        )),
-                        transient => transient,
+                    .map_err(|error| {
+                        error.within(&format!("cannot start a container of `{image}`"))
+                    })
+            }
+            LaunchWhat::Compose(spec) => {
+                if !order.limits.is_empty() {
+                    // Compose files carry their own limits; say so where the user looks.
+                    lines.deliver(OutputLine {
+                        stream: Stream::Stderr,
+                        text: "nanny: resources not applied: a compose project sets its own (deploy.resources in its file)".into(),
+                    });
+                }
+                let folder = spec.project_dir.display().to_string();
+                self.compose
+                    .launch(spec, lines)
+                    .await
+                    .map(Launched::Compose)
+                    .map_err(|error| {
+                        error.within(&format!(
+                            "cannot bring up the compose project in `{folder}`"
+                        ))
                     })
             }
         }

@@ -1,7 +1,8 @@
-//! Launching backends and getting rid of them: processes and containers, behind
-//! the same shapes (`OutputLine`, `Exit`, `Launched`).
+//! Launching backends and getting rid of them: processes, containers and
+//! compose projects, behind the same shapes (`OutputLine`, `Exit`, `Launched`).
 
 pub mod cgroup;
+pub mod compose;
 pub mod container;
 pub mod launcher;
 pub mod orphans;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use cgroup::ResourceLimits;
+pub use compose::{ComposeHandle, ComposeSpec, Composer};
 pub use container::Containers;
 pub use container::{ContainerHandle, ContainerSpec};
 pub use launcher::{LaunchOrder, LaunchWhat, Launcher};
@@ -28,6 +30,16 @@ pub enum LaunchError {
     Transient(String),
     /// Trying again cannot help.
     Fatal(String),
+}
+
+impl LaunchError {
+    /// A fatal reason told after `what` was being launched; a transient one as it is.
+    pub fn within(self, what: &str) -> Self {
+        match self {
+            LaunchError::Fatal(reason) => LaunchError::Fatal(format!("{what}: {reason}")),
+            transient => transient,
+        }
+    }
 }
 
 /// Where a launch's output lines go. The record (the service's log) takes each
@@ -78,6 +90,7 @@ impl From<mpsc::Sender<OutputLine>> for LineSink {
 pub enum Launched {
     Process(ProcessHandle),
     Container(ContainerHandle),
+    Compose(ComposeHandle),
 }
 
 impl Launched {
@@ -85,14 +98,16 @@ impl Launched {
     pub fn pid(&self) -> Option<i32> {
         match self {
             Launched::Process(process) => Some(process.pid()),
-            Launched::Container(_) => None,
+            Launched::Container(_) | Launched::Compose(_) => None,
         }
     }
 
+    /// The container, for a container; the backend's container, for a project.
     pub fn container_id(&self) -> Option<&str> {
         match self {
             Launched::Process(_) => None,
             Launched::Container(container) => Some(&container.id),
+            Launched::Compose(project) => Some(project.container_id()),
         }
     }
 
@@ -101,15 +116,18 @@ impl Launched {
         match self {
             Launched::Process(process) => process.wait().await,
             Launched::Container(container) => Ok(container.wait().await),
+            Launched::Compose(project) => Ok(project.wait().await),
         }
     }
 
-    /// Asks it to stop (`signal` for a process; Docker's stop for a container),
+    /// Asks it to stop (`signal` for a process; Docker's stop for a container;
+    /// `compose down` for a project),
     /// waits `grace`, then kills; returns once nothing of it is left.
     pub async fn stop(&mut self, signal: i32, grace: Duration) -> std::io::Result<Exit> {
         match self {
             Launched::Process(process) => process.stop(signal, grace).await,
             Launched::Container(container) => Ok(container.stop(grace).await),
+            Launched::Compose(project) => Ok(project.stop(grace).await),
         }
     }
 
@@ -129,10 +147,13 @@ impl Launched {
         asked.await.unwrap_or(ports::Listener::Unknown)
     }
 
-    /// After it exited by itself: a container is removed, a process is reaped already.
+    /// After it exited by itself: a container is removed, a project brought
+    /// down, a process is reaped already.
     pub async fn clean_up(&self) {
-        if let Launched::Container(container) = self {
-            container.remove().await;
+        match self {
+            Launched::Process(_) => {}
+            Launched::Container(container) => container.remove().await,
+            Launched::Compose(project) => project.clean_up().await,
         }
     }
 }

@@ -16,8 +16,8 @@ use super::state::{unix_ms, State};
 use crate::gpu::{GpuBroker, Lease};
 use crate::plugin::{Launch, Plan};
 use crate::runtime::{
-    ContainerSpec, LaunchError, LaunchOrder, LaunchWhat, LineSink, OutputLine, ProcessSpec,
-    ResourceLimits, Stream,
+    ComposeSpec, ContainerSpec, LaunchError, LaunchOrder, LaunchWhat, LineSink, OutputLine,
+    ProcessSpec, ResourceLimits, Stream,
 };
 
 /// Output lines waiting for the plugin; beyond this they are dropped for the
@@ -277,6 +277,46 @@ impl Runner {
                 limits: ResourceLimits::default(),
                 spec_hash: String::new(),
             }),
+            Launch::Compose(compose) => {
+                // Compose interpolates the files from this environment, so the
+                // GPU lease and the address reach every service that asks.
+                let mut env = with_extra(&compose.env);
+                env.retain(|(key, _)| {
+                    !matches!(
+                        key.as_str(),
+                        "NVIDIA_VISIBLE_DEVICES" | "NANNY_GPUS" | "NANNY_HOST" | "NANNY_PORT"
+                    )
+                });
+                let lease = if gpus.is_empty() {
+                    // No lease: no GPU is visible (`all` would be every one).
+                    "none".to_string()
+                } else {
+                    gpus.join(",")
+                };
+                env.extend([
+                    ("NVIDIA_VISIBLE_DEVICES".to_string(), lease),
+                    ("NANNY_GPUS".to_string(), gpus.join(",")),
+                    ("NANNY_HOST".to_string(), service.host.clone()),
+                    ("NANNY_PORT".to_string(), service.port.to_string()),
+                ]);
+                let folder = compose
+                    .work_dir
+                    .as_ref()
+                    .or(service.work_dir.as_ref())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                LaunchWhat::Compose(ComposeSpec {
+                    service: name.clone(),
+                    project_dir: folder,
+                    files: compose.files.iter().map(PathBuf::from).collect(),
+                    profiles: compose.profiles.clone(),
+                    env_files: compose.env_files.iter().map(PathBuf::from).collect(),
+                    target: compose.service.clone(),
+                    container_port: compose.container_port,
+                    env,
+                    host: service.host.clone(),
+                    port: service.port,
+                })
+            }
         };
         LaunchOrder {
             service: name,

@@ -41,7 +41,7 @@ pub(crate) use crate::locks::lock;
 use crate::metrics::Metrics;
 use crate::plugin::PluginSession;
 use crate::runtime::orphans::LaunchRecords;
-use crate::runtime::{Containers, Launcher};
+use crate::runtime::{Composer, Containers, Launcher};
 use runner::{Dependency, Runner, Shared};
 
 /// How the supervisor runs its services.
@@ -314,14 +314,19 @@ impl Supervisor {
         options: SupervisorOptions,
     ) -> Result<Self, SuperviseError> {
         let containers = Containers::new(options.instance.clone());
+        let configured = specs.iter().map(|spec| spec.service.name.clone()).collect();
+        let compose = Composer::new(options.instance.clone(), configured);
         if options.containers_at_start {
             let containers = containers.clone();
             tokio::spawn(async move { containers.engine().await });
+            let compose = compose.clone();
+            tokio::spawn(async move { compose.sweep().await });
         }
         let launcher = Launcher {
             cgroup_root: options.cgroup_root.clone(),
             records: options.launch_records.clone(),
             containers,
+            compose,
         };
         Self::launch_in(Arc::new(launcher), specs, options)
     }

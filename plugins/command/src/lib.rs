@@ -23,12 +23,7 @@ impl Backend for Command {
                 Some(Value::Text("/health".into())),
                 false,
             ),
-            setting(
-                "models_path",
-                "The path that lists models in the OpenAI shape.",
-                Some(Value::Text("/v1/models".into())),
-                false,
-            ),
+            models_path_setting(),
             setting(
                 "ready_line",
                 "A regular expression; an output line matching it means ready.",
@@ -48,14 +43,7 @@ impl Backend for Command {
         {
             settings.error("command", "is required: the program and its arguments, e.g. [\"my-server\", \"--port\", \"{port}\"]");
         }
-        let health_path = settings.text_or("health_path", "/health");
-        let models_path = settings.text_or("models_path", "/v1/models");
-        for (key, path) in [("health_path", &health_path), ("models_path", &models_path)] {
-            let no_http = key == "health_path" && path.is_empty();
-            if !(path.starts_with('/') || no_http) {
-                settings.error(key, format!("`{path}` must start with `/`"));
-            }
-        }
+        let (health_path, models_path) = settings.http_paths(true);
         if let Some(pattern) = settings.text("ready_line") {
             match Regex::new(&pattern) {
                 Ok(regex) => self.ready_line = Some(regex),

@@ -38,7 +38,7 @@ impl Backend for ContainerBackend {
             ),
             setting("container_port", "The port the server listens on inside the container.", Some(Value::Integer(8000)), false),
             setting("health_path", "The path that answers 2xx once ready; \"\" for none (then set ready_line).", Some(Value::Text("/health".into())), false),
-            setting("models_path", "The path that lists models in the OpenAI shape.", Some(Value::Text("/v1/models".into())), false),
+            models_path_setting(),
             setting("ready_line", "A regular expression; an output line matching it means ready.", None, false),
             setting("mounts", "Bind mounts as \"/host/path:/container/path[:ro]\"; model folders usually read-only.", None, false),
             setting("shm_size", "Shared memory for the container, in MiB.", None, false),
@@ -53,8 +53,7 @@ impl Backend for ContainerBackend {
             settings.error("container_port", format!("{port} is not a port"));
             return Err(settings.finish().err().unwrap_or_default());
         };
-        let health_path = settings.text_or("health_path", "/health");
-        let models_path = settings.text_or("models_path", "/v1/models");
+        let (health_path, models_path) = settings.http_paths(true);
         let mut mounts = Vec::new();
         for text in settings.list("mounts").unwrap_or_default() {
             match mount(&text) {

@@ -1,4 +1,4 @@
-//! A plugin for nanny:backend@0.2.0, which this nanny must refuse by name.
+//! A plugin for nanny:backend@0.3.0, which this nanny must refuse by name.
 
 wit_bindgen::generate!({ path: "wit", world: "backend" });
 
