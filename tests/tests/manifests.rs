@@ -256,3 +256,33 @@ fn keys_people_already_write_in_manifests_are_read() {
         "{stderr}"
     );
 }
+
+/// A manifest beside a compose file that names no backend is a compose
+/// service run in its folder; without a compose file the missing key is an
+/// error naming the manifest and the key; in `nanny.toml` it always is.
+#[test]
+fn a_manifest_beside_a_compose_file_needs_no_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("nanny.toml"), MAIN);
+    let stack = dir.path().join("services/stack");
+    write(&stack.join("service.yaml"), "settings:\n  service: web\n");
+    write(
+        &stack.join("compose.yaml"),
+        "services:\n  web:\n    image: x\n",
+    );
+    let shown = shown(dir.path());
+    let service = service_named(&shown, "stack");
+    assert_eq!(service["backend"], "compose", "{service}");
+    assert_eq!(service["work_dir"], stack.display().to_string());
+
+    let bare = dir.path().join("services/bare/service.yaml");
+    write(&bare, "port: 9000\n");
+    let (ok, _, stderr) = config(dir.path(), &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}", bare.display()))
+            && stderr.contains("`backend`")
+            && stderr.contains("missing key `backend`"),
+        "{stderr}"
+    );
+}
