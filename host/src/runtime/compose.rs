@@ -36,6 +36,12 @@ const ADOPTION_REPLAY_LINES: &str = "500";
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(300);
 /// What a stop that found the backend already gone gives the rest of its project.
 const CLEAN_UP_GRACE: Duration = Duration::from_secs(10);
+/// How long a compose command may run before it is killed and counts as
+/// failed: reading the files is quick; `up` may pull or build images; `down`
+/// gets its grace and this much more.
+const CONFIG_LIMIT: Duration = Duration::from_secs(60);
+const UP_LIMIT: Duration = Duration::from_secs(15 * 60);
+const DOWN_LIMIT_BEYOND_GRACE: Duration = Duration::from_secs(60);
 
 /// What to bring up, resolved by the host from the plugin's plan.
 #[derive(Debug, Clone)]
@@ -154,8 +160,20 @@ impl ComposeCli {
         command
     }
 
-    /// Runs one compose command; its stdout, or what it said on failure.
+    /// Runs one compose command for at most `limit` (then it is killed); its
+    /// stdout and stderr, or what it said on failure.
     async fn run(
+        &self,
+        command: tokio::process::Command,
+        stdin: Option<String>,
+        limit: Duration,
+    ) -> Result<(String, String), String> {
+        tokio::time::timeout(limit, self.run_to_end(command, stdin))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer in {} s; stopped it", limit.as_secs())))
+    }
+
+    async fn run_to_end(
         &self,
         mut command: tokio::process::Command,
         stdin: Option<String>,
@@ -216,7 +234,9 @@ impl ComposeCli {
             "-t",
             &grace.as_secs().to_string(),
         ]);
-        self.run(command, None).await.map(|_| ())
+        self.run(command, None, grace + DOWN_LIMIT_BEYOND_GRACE)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -452,7 +472,7 @@ impl Composer {
             .args(ComposeCli::project_args(&spec))
             .args(["config", "--format", "json"]);
         let (config_json, _) = cli
-            .run(config, None)
+            .run(config, None, CONFIG_LIMIT)
             .await
             .map_err(|error| LaunchError::Fatal(format!("compose config: {error}")))?;
         let resolved = resolve(&spec, &config_json).map_err(LaunchError::Fatal)?;
@@ -491,7 +511,7 @@ impl Composer {
                 &target,
                 &resolved.hash,
             );
-            match cli.run(up, Some(overlay)).await {
+            match cli.run(up, Some(overlay), UP_LIMIT).await {
                 Ok((_, said)) => {
                     for line in said.lines().filter(|line| !line.trim().is_empty()) {
                         lines.deliver(OutputLine {

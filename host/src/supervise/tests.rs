@@ -65,7 +65,9 @@ mod scripted {
         Plugin, PluginEngine, PluginSource, Probe, Process, Progress, Service,
     };
     use crate::runtime::ports::Listener;
-    use crate::runtime::{Exit, LaunchError, LaunchOrder, LineSink, OutputLine, Stream};
+    use crate::runtime::{
+        Exit, LaunchError, LaunchOrder, LaunchWhat, LineSink, OutputLine, Stream,
+    };
     use crate::supervise::probe::ProbeResponse;
     use crate::supervise::{
         Backend, Condition, RestartMode, ServiceSpec, ServiceStatus, Session, State, StateChange,
@@ -519,6 +521,57 @@ mod scripted {
             launch.order.launch_id.starts_with("slow."),
             "{}",
             launch.order.launch_id
+        );
+    }
+
+    /// A compose plan reaches the runtime with the folder, the backend's
+    /// service and port, and the variables the files are interpolated from:
+    /// no lease is `NVIDIA_VISIBLE_DEVICES=none`, never every GPU.
+    #[tokio::test(start_paused = true)]
+    async fn a_compose_plan_is_launched_in_its_folder_with_the_address_and_no_gpus() {
+        let mut compose = plan();
+        compose.launch = Launch::Compose(crate::plugin::Compose {
+            files: vec!["compose.gpu.yaml".into()],
+            profiles: vec!["gpu".into()],
+            env_files: Vec::new(),
+            service: Some("api".into()),
+            container_port: Some(8000),
+            // What the plugin copied from the service's `env`, and one nanny owns.
+            env: vec![
+                ("HF_HOME".into(), "/hf".into()),
+                ("NANNY_PORT".into(), "1".into()),
+            ],
+            work_dir: None,
+        });
+        let mut stack = spec("stack");
+        stack.service.work_dir = Some("/srv/stack".into());
+        let mut h = Harness::new(compose, vec![stack]);
+        h.supervisor.start("stack").await.unwrap();
+        let launch = h.next_launch().await;
+        let LaunchWhat::Compose(project) = &launch.order.what else {
+            panic!("not a compose launch: {:?}", launch.order.what)
+        };
+        assert_eq!(project.project_dir, std::path::Path::new("/srv/stack"));
+        assert_eq!(project.target.as_deref(), Some("api"));
+        assert_eq!((project.host.as_str(), project.port), ("127.0.0.1", 9000));
+        let env: std::collections::HashMap<&str, &str> = project
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env["HF_HOME"], "/hf");
+        assert_eq!(env["NANNY_PORT"], "9000", "nanny's own wins");
+        assert_eq!(env["NANNY_HOST"], "127.0.0.1");
+        assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "none");
+        assert_eq!(env["NANNY_GPUS"], "");
+        assert_eq!(env["NANNY_SERVICE"], "stack");
+        assert_eq!(
+            project
+                .env
+                .iter()
+                .filter(|(k, _)| k == "NANNY_PORT")
+                .count(),
+            1
         );
     }
 
