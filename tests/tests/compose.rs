@@ -145,6 +145,16 @@ fn a_compose_folder_runs_restarts_is_adopted_and_stops_like_any_service() {
     let (status, models) = call("GET", &format!("http://127.0.0.1:{port}/v1/models"), None);
     assert_eq!(status, 200);
     assert_eq!(models["data"][0]["id"], "tiny");
+    // The gateway routes the model the project serves to it.
+    let mut answer = nanny_tests::agent()
+        .post(&format!("{}/v1/chat/completions", first.url))
+        .header("Content-Type", "application/json")
+        .header("Authorization", "Bearer not-needed-on-loopback")
+        .send(r#"{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}"#)
+        .unwrap();
+    let text = answer.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(answer.status().as_u16(), 200, "{text}");
+    assert!(text.contains("chat.completion"), "{text}");
     // Every container's output reaches the service's log, by container.
     let log = dir.path().join("logs/stack.log");
     eventually(
