@@ -29,6 +29,16 @@ fn plugins_list_shows_each_plugins_contract_version() {
     assert_eq!(version_of("hello"), Some("0.1.0".into()), "{stdout}");
     assert_eq!(version_of("compose"), Some("0.2.0".into()));
 
+    // The conformance kit takes it as it is.
+    let fixture = frozen_hello();
+    let (ok, report, stderr) = nanny(
+        &["plugins", "test", fixture.to_str().unwrap()],
+        &[],
+        state.path(),
+    );
+    assert!(ok, "{report}{stderr}");
+    assert!(report.contains("conforms"), "{report}");
+
     // The same plugin built from today's SDK speaks 0.2.0.
     let new = plugin_dir(&[&hello_wasm()]);
     let (ok, text, _) = nanny(&["plugins", "list"], &[new.path()], state.path());
