@@ -260,3 +260,64 @@ fn compose_v1_fails_the_service_with_what_to_install() {
     let (status, _) = call("GET", &format!("{}/v1/info", daemon.url), None);
     assert_eq!(status, 200, "the daemon runs on");
 }
+
+/// A container the project starts again by itself (its own `restart:`
+/// policy) is followed into the log again: its second life's lines arrive.
+#[test]
+fn a_container_restarted_by_its_own_policy_is_followed_again() {
+    if !docker_answers() {
+        eprintln!("SKIPPED: no Docker engine answers here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("services/stack");
+    std::fs::create_dir_all(&folder).unwrap();
+    let image = runtime_image();
+    let mock = |port: u16, extra: &str| {
+        format!(
+            "    image: {image}\n    command: [\"/nanny\", \"mock-backend\", \"--host\", \"0.0.0.0\", \"--port\", \"{port}\"{extra}]\n    volumes: [\"${{MOCK_BIN}}:/nanny:ro\"]\n"
+        )
+    };
+    std::fs::write(
+        folder.join("compose.yaml"),
+        format!(
+            "services:\n  web:\n{}  side:\n{}    restart: on-failure:1\n",
+            mock(8000, ""),
+            mock(8001, ", \"--crash-after-secs\", \"1\"")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("service.yaml"),
+        format!(
+            "env:\n  MOCK_BIN: {}\nsettings:\n  service: web\n  container_port: 8000\n",
+            nanny_bin().display()
+        ),
+    )
+    .unwrap();
+    let daemon = daemon(dir.path());
+    daemon.expect(|line| line.starts_with("[stack] ready on "));
+    let (_, info) = call("GET", &format!("{}/v1/info", daemon.url), None);
+    let _down = DownOnDrop(format!(
+        "nanny-{}-stack",
+        info["instance"].as_str().unwrap()
+    ));
+    let log = dir.path().join("logs/stack.log");
+    eventually(
+        "both lives of `side` in the log",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.matches("side-1 | mock-backend crashing after 1 seconds")
+                .count()
+                == 2
+        },
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("side-1 | mock-backend listening on").count(),
+        2,
+        "each line once: {text}"
+    );
+    assert_eq!(service(&daemon)["state"], "ready", "the backend runs on");
+}

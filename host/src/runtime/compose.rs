@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
+use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::container::{self, ContainerHandle};
+use super::container::{self, ContainerHandle, Replay};
 use super::process::{Exit, OutputLine, Stream};
 use super::{ports, LaunchError, LineSink};
 use crate::locks::lock;
@@ -330,6 +331,14 @@ pub struct ComposeHandle {
     cli: ComposeCli,
     project: String,
     target: ContainerHandle,
+    /// The watch for containers that start later; it ends with the handle.
+    newcomers: tokio::task::AbortHandle,
+}
+
+impl Drop for ComposeHandle {
+    fn drop(&mut self) {
+        self.newcomers.abort();
+    }
 }
 
 impl ComposeHandle {
@@ -564,10 +573,13 @@ async fn follow_project(
     lines: LineSink,
     tail: &str,
 ) -> Result<ComposeHandle, LaunchError> {
+    // Containers that start from now on are the newcomers' watch's.
+    let listed_at = unix_seconds();
     let containers = container::list_labelled(docker, &format!("{LABEL_PROJECT}={project}"))
         .await
         .map_err(|error| LaunchError::Transient(format!("Docker: {error}")))?;
     let mut watched = None;
+    let mut followed = HashMap::new();
     for summary in containers {
         let Some(id) = summary.id else { continue };
         let labels = summary.labels.unwrap_or_default();
@@ -575,32 +587,94 @@ async fn follow_project(
             .names
             .and_then(|names| names.into_iter().next())
             .unwrap_or_else(|| id.chars().take(12).collect());
-        let name = name.trim_start_matches('/');
-        let short = name
-            .strip_prefix(&format!("{project}-"))
-            .unwrap_or(name)
-            .to_string();
-        let prefix = format!("{short} | ");
+        let prefix = prefix_of(&project, &name);
         if watched.is_none()
             && labels.get(LABEL_COMPOSE_SERVICE).map(String::as_str) == Some(target)
         {
             watched = Some(container::attach(docker, id, lines.clone(), tail, prefix));
         } else {
-            container::follow(docker, id, lines.clone(), tail, prefix);
+            let replay = Replay::Tail(tail);
+            let task = container::follow(docker, id.clone(), lines.clone(), replay, prefix);
+            followed.insert(id, task);
         }
     }
     match watched {
-        Some(target) => Ok(ComposeHandle {
-            cli,
-            project,
-            target,
-        }),
+        Some(target) => {
+            let newcomers = tokio::spawn(follow_newcomers(
+                docker.clone(),
+                project.clone(),
+                target.id.clone(),
+                lines,
+                followed,
+                listed_at,
+            ));
+            Ok(ComposeHandle {
+                cli,
+                project,
+                target,
+                newcomers: newcomers.abort_handle(),
+            })
+        }
         None => {
             let _ = cli.down(&project, CLEAN_UP_GRACE).await;
             Err(LaunchError::Fatal(format!(
                 "compose started no container for the service `{target}`"
             )))
         }
+    }
+}
+
+/// What a container's lines start with in the service's log: its name within
+/// the project (`web-1 | `).
+fn prefix_of(project: &str, container_name: &str) -> String {
+    let name = container_name.trim_start_matches('/');
+    let short = name.strip_prefix(&format!("{project}-")).unwrap_or(name);
+    format!("{short} | ")
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// Follows the project's containers that start after the launch (a restart
+/// policy in the file, a container compose made again) into `lines`, from
+/// Docker's events since `since`; the backend's own container is watched by
+/// its handle. Runs until aborted (the launch is over).
+async fn follow_newcomers(
+    docker: Docker,
+    project: String,
+    backend: String,
+    lines: LineSink,
+    mut followed: HashMap<String, tokio::task::JoinHandle<()>>,
+    since: i64,
+) {
+    let filters = HashMap::from([
+        ("label", vec![format!("{LABEL_PROJECT}={project}")]),
+        ("type", vec!["container".to_string()]),
+        ("event", vec!["start".to_string()]),
+    ]);
+    let options = bollard::query_parameters::EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .filters(&filters)
+        .build();
+    let mut events = docker.events(Some(options));
+    while let Some(Ok(event)) = events.next().await {
+        let Some(actor) = event.actor else { continue };
+        let Some(id) = actor.id else { continue };
+        // Followed already (a start from before the listing, read again).
+        if id == backend || followed.get(&id).is_some_and(|task| !task.is_finished()) {
+            continue;
+        }
+        let name = actor
+            .attributes
+            .and_then(|attributes| attributes.get("name").cloned())
+            .unwrap_or_else(|| id.chars().take(12).collect());
+        let replay = Replay::Since(event.time.unwrap_or(since));
+        let prefix = prefix_of(&project, &name);
+        let task = container::follow(&docker, id.clone(), lines.clone(), replay, prefix);
+        followed.insert(id, task);
     }
 }
 

@@ -172,7 +172,7 @@ pub(super) fn attach(
     prefix: String,
 ) -> ContainerHandle {
     let (exit_in, exit) = watch::channel(None);
-    follow(docker, id.clone(), lines, tail, prefix);
+    follow(docker, id.clone(), lines, Replay::Tail(tail), prefix);
     tokio::spawn(wait_for_exit(docker.clone(), id.clone(), exit_in));
     ContainerHandle {
         docker: docker.clone(),
@@ -261,25 +261,48 @@ pub async fn remove_unknown(docker: &Docker, instance: &str, keep: &[String]) ->
     removed
 }
 
-/// Follows the container's output into `lines`, each line after `prefix`.
-pub(super) fn follow(docker: &Docker, id: String, lines: LineSink, tail: &str, prefix: String) {
+/// Which past lines of a container to read before following it.
+pub(super) enum Replay<'a> {
+    /// The last lines (`"all"`, or a count).
+    Tail(&'a str),
+    /// Those since a time (Unix seconds): a container that started again.
+    Since(i64),
+}
+
+/// Follows the container's output into `lines`, each line after `prefix`,
+/// until the container stops.
+pub(super) fn follow(
+    docker: &Docker,
+    id: String,
+    lines: LineSink,
+    replay: Replay<'_>,
+    prefix: String,
+) -> tokio::task::JoinHandle<()> {
+    let options = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true);
+    let options = match replay {
+        Replay::Tail(tail) => options.tail(tail),
+        Replay::Since(time) => options.since(i32::try_from(time).unwrap_or(0)),
+    };
     tokio::spawn(follow_logs(
         docker.clone(),
         id,
         lines,
-        tail.to_string(),
+        options.build(),
         prefix,
-    ));
+    ))
 }
 
 /// Splits Docker's log frames into lines, per stream.
-async fn follow_logs(docker: Docker, id: String, lines: LineSink, tail: String, prefix: String) {
-    let options = LogsOptionsBuilder::new()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .tail(&tail)
-        .build();
+async fn follow_logs(
+    docker: Docker,
+    id: String,
+    lines: LineSink,
+    options: bollard::query_parameters::LogsOptions,
+    prefix: String,
+) {
     let mut logs = docker.logs(&id, Some(options));
     let mut partial: HashMap<bool, String> = HashMap::new();
     while let Some(Ok(frame)) = logs.next().await {
