@@ -21,6 +21,11 @@
 //!
 //! The crate's `description` in Cargo.toml becomes the plugin's summary and its
 //! `version` the plugin version. Build with `cargo build --target wasm32-wasip2`.
+//!
+//! A plan launches a process, a container, or a Docker Compose project
+//! ([`Launch::Compose`], since contract 0.2.0). This SDK builds plugins for
+//! `nanny:backend@0.2.0` ([`WIT_VERSION`]); nanny still runs plugins built
+//! with the 0.1 SDK as they are.
 
 mod args;
 mod models;
