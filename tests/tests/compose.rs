@@ -38,54 +38,71 @@ impl Drop for DownOnDrop {
     }
 }
 
-/// A compose project of two services running nanny's mock backend: `web` is
-/// the backend (its model named by `${MODEL}`), `side` runs beside it. Its
-/// `service.yaml` names no backend, asks for one GPU and publishes `web`.
-fn stack_folder(services: &Path, port: u16, model: &str) -> PathBuf {
+/// One compose service running nanny's mock backend on `port`, `args` after
+/// its own (`, "--model", "x"`), then `extra` lines of its own.
+fn mock_service(port: u16, args: &str, extra: &str) -> String {
+    format!(
+        "    image: {}\n    command: [\"/nanny\", \"mock-backend\", \"--host\", \"0.0.0.0\", \"--port\", \"{port}\"{args}]\n    volumes: [\"${{MOCK_BIN}}:/nanny:ro\"]\n{extra}",
+        runtime_image()
+    )
+}
+
+/// `services/stack` with `docker-compose.yml` holding `web` (the backend, on 8000)
+/// and `side`, and a `service.yaml` that names no backend and publishes `web`
+/// (`manifest` adds lines of its own).
+fn stack_folder(services: &Path, web: &str, side: &str, manifest: &str) -> PathBuf {
     let folder = services.join("stack");
     std::fs::create_dir_all(&folder).unwrap();
-    let image = runtime_image();
-    let mock = |port: u16, extra: &str| {
-        format!(
-            r#"    image: {image}
-    command: ["/nanny", "mock-backend", "--host", "0.0.0.0", "--port", "{port}", "--model", "${{MODEL:-{model}}}"]
-    volumes: ["${{MOCK_BIN}}:/nanny:ro"]
-{extra}"#
-        )
-    };
     std::fs::write(
         folder.join("docker-compose.yml"),
-        format!(
-            "services:\n  web:\n{}  side:\n{}",
-            mock(
-                8000,
-                "    environment:\n      LEASE: \"${NVIDIA_VISIBLE_DEVICES}\"\n"
-            ),
-            mock(8001, "")
-        ),
+        format!("services:\n  web:\n{web}  side:\n{side}"),
     )
     .unwrap();
     std::fs::write(
         folder.join("service.yaml"),
         format!(
-            "port: {port}\ngpus: 1\nenv:\n  MOCK_BIN: {bin}\nsettings:\n  service: web\n  container_port: 8000\n",
-            bin = nanny_bin().display()
+            "{manifest}env:\n  MOCK_BIN: {}\nsettings:\n  service: web\n  container_port: 8000\n",
+            nanny_bin().display()
         ),
     )
     .unwrap();
     folder
 }
 
+/// Two mock backends: `web` serves `${MODEL}` (default `model`) and sees the
+/// GPU lease as `LEASE`; the service asks for one GPU on `port`.
+fn serving_stack(services: &Path, port: u16, model: &str) -> PathBuf {
+    let serves = format!(", \"--model\", \"${{MODEL:-{model}}}\"");
+    stack_folder(
+        services,
+        &mock_service(
+            8000,
+            &serves,
+            "    environment:\n      LEASE: \"${NVIDIA_VISIBLE_DEVICES}\"\n",
+        ),
+        &mock_service(8001, &serves, ""),
+        &format!("port: {port}\ngpus: 1\n"),
+    )
+}
+
 /// A daemon over `dir/services`, with two fake GPUs and Compose v2 on PATH.
 fn daemon(dir: &Path) -> Daemon {
-    let path = format!(
-        "{}:{}:{}",
-        workspace().join("tests/fake-gpu").display(),
-        compose_v2_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    daemon_finding(dir, Some(&compose_v2_dir()), &[])
+}
+
+/// A daemon over `dir/services` with two fake GPUs, `compose` (if any) first
+/// on PATH and `env`.
+fn daemon_finding(dir: &Path, compose: Option<&Path>, env: &[(&str, &str)]) -> Daemon {
+    let mut path = vec![workspace().join("tests/fake-gpu")];
+    path.extend(compose.map(Path::to_path_buf));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(path).unwrap();
     let services = format!("services_dir = \"{}\"\n", dir.join("services").display());
-    daemon_with_fake_gpus_and(dir, &services, &[("PATH", &path)])
+    let mut all = vec![("PATH", path.to_str().unwrap())];
+    all.extend_from_slice(env);
+    daemon_with_fake_gpus_and(dir, &services, &all)
 }
 
 fn service(daemon: &Daemon) -> serde_json::Value {
@@ -116,7 +133,7 @@ fn a_compose_folder_runs_restarts_is_adopted_and_stops_like_any_service() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = nanny_tests::free_port();
-    let folder = stack_folder(&dir.path().join("services"), port, "tiny");
+    let folder = serving_stack(&dir.path().join("services"), port, "tiny");
 
     let first = daemon(dir.path());
     first.expect(|line| line.starts_with("[stack] ready on "));
@@ -184,7 +201,7 @@ fn a_compose_folder_runs_restarts_is_adopted_and_stops_like_any_service() {
 
     // The file changed while no nanny ran: the project is brought up anew.
     kill(second);
-    stack_folder(&dir.path().join("services"), port, "small");
+    serving_stack(&dir.path().join("services"), port, "small");
     let mut third = daemon(dir.path());
     third.expect(|line| line.starts_with("[stack] ready on "));
     assert_ne!(backend_container(&third), restarted, "made anew");
@@ -220,7 +237,7 @@ fn compose_v1_fails_the_service_with_what_to_install() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    stack_folder(
+    serving_stack(
         &dir.path().join("services"),
         nanny_tests::free_port(),
         "tiny",
@@ -237,23 +254,8 @@ fn compose_v1_fails_the_service_with_what_to_install() {
         eprintln!("SKIPPED: this machine has Compose v2 as a system-wide Docker CLI plugin");
         return;
     }
-    let path = format!(
-        "{}:{}",
-        workspace().join("tests/fake-gpu").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let services = format!(
-        "services_dir = \"{}\"\n",
-        dir.path().join("services").display()
-    );
-    let daemon = daemon_with_fake_gpus_and(
-        dir.path(),
-        &services,
-        &[
-            ("PATH", &path),
-            ("DOCKER_CONFIG", &no_plugins.display().to_string()),
-        ],
-    );
+    let no_plugins = no_plugins.display().to_string();
+    let daemon = daemon_finding(dir.path(), None, &[("DOCKER_CONFIG", &no_plugins)]);
     let failed = daemon.expect(|line| line.starts_with("[stack] failed"));
     assert!(failed.contains("install Compose v2"), "{failed}");
     let v1_here = Command::new("docker-compose")
@@ -279,31 +281,16 @@ fn a_container_restarted_by_its_own_policy_is_followed_again() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("services/stack");
-    std::fs::create_dir_all(&folder).unwrap();
-    let image = runtime_image();
-    let mock = |port: u16, extra: &str| {
-        format!(
-            "    image: {image}\n    command: [\"/nanny\", \"mock-backend\", \"--host\", \"0.0.0.0\", \"--port\", \"{port}\"{extra}]\n    volumes: [\"${{MOCK_BIN}}:/nanny:ro\"]\n"
-        )
-    };
-    std::fs::write(
-        folder.join("compose.yaml"),
-        format!(
-            "services:\n  web:\n{}  side:\n{}    restart: on-failure:1\n",
-            mock(8000, ""),
-            mock(8001, ", \"--crash-after-secs\", \"1\"")
+    stack_folder(
+        &dir.path().join("services"),
+        &mock_service(8000, "", ""),
+        &mock_service(
+            8001,
+            ", \"--crash-after-secs\", \"1\"",
+            "    restart: on-failure:1\n",
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        folder.join("service.yaml"),
-        format!(
-            "env:\n  MOCK_BIN: {}\nsettings:\n  service: web\n  container_port: 8000\n",
-            nanny_bin().display()
-        ),
-    )
-    .unwrap();
+        "",
+    );
     let daemon = daemon(dir.path());
     daemon.expect(|line| line.starts_with("[stack] ready on "));
     let (_, info) = call("GET", &format!("{}/v1/info", daemon.url), None);

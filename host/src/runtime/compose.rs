@@ -210,7 +210,15 @@ impl ComposeCli {
             "--project-directory".to_string(),
             spec.project_dir.to_string_lossy().into_owned(),
         ];
-        for file in &spec.files {
+        // Named even when it is the one compose would find: `up` reads
+        // nanny's file after it (`-f -`), which would replace the default.
+        let default = [default_file(spec)];
+        let files = if spec.files.is_empty() {
+            &default[..]
+        } else {
+            &spec.files[..]
+        };
+        for file in files {
             args.push("-f".into());
             args.push(spec.project_dir.join(file).to_string_lossy().into_owned());
         }
@@ -370,27 +378,34 @@ impl ComposeHandle {
     }
 }
 
-/// This daemon's compose projects: the CLI, the engine, and the projects an
-/// earlier run left running, to adopt.
+/// This daemon's compose projects: the CLI, and the projects an earlier run
+/// left running, to adopt. The engine is the daemon's one connection, which
+/// [`Containers`](super::Containers) owns.
 pub struct Composer {
     instance: String,
     /// The services configured at start: a project of any other goes at once.
     configured: Vec<String>,
-    /// Found on the first compose launch; a failure is not kept (it may be installed later).
+    containers: Arc<super::Containers>,
+    /// Found when first needed; a failure is not kept (it may be installed later).
     cli: tokio::sync::OnceCell<ComposeCli>,
-    /// Connected, and swept of this instance's leftovers, on the first launch.
-    docker: tokio::sync::OnceCell<Docker>,
+    /// Set once this instance's leftover projects are sorted out.
+    swept: tokio::sync::OnceCell<()>,
     /// Running projects an earlier run left: project → configuration hash.
     adoptable: Mutex<HashMap<String, String>>,
 }
 
 impl Composer {
-    pub fn new(instance: String, configured: Vec<String>) -> Arc<Self> {
+    pub fn new(
+        instance: String,
+        configured: Vec<String>,
+        containers: Arc<super::Containers>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             instance,
             configured,
+            containers,
             cli: tokio::sync::OnceCell::new(),
-            docker: tokio::sync::OnceCell::new(),
+            swept: tokio::sync::OnceCell::new(),
             adoptable: Mutex::default(),
         })
     }
@@ -399,35 +414,54 @@ impl Composer {
         self.cli.get_or_try_init(ComposeCli::find).await.cloned()
     }
 
-    /// The engine; the first connection sorts this instance's projects into
-    /// those to adopt (of a configured service, every container running, one
-    /// configuration) and those to bring down, and schedules the end of those
-    /// left unclaimed.
-    async fn engine(self: &Arc<Self>, cli: &ComposeCli) -> Result<Docker, String> {
-        self.docker
-            .get_or_try_init(|| async {
-                let docker = container::connect().await.map_err(|e| e.to_string())?;
-                let projects = self.leftovers(&docker).await;
+    /// The engine; the first time it answers, this instance's projects are
+    /// sorted into those to adopt (of a configured service, every container
+    /// running, one configuration) and those to bring down, and the end of
+    /// those left unclaimed is scheduled. The CLI is looked for only when
+    /// something is to be brought down.
+    async fn engine(self: &Arc<Self>) -> Result<Docker, String> {
+        let docker = self.containers.engine().await?;
+        self.swept
+            .get_or_init(|| async {
                 let mut adoptable = HashMap::new();
-                for (project, (service, hash)) in projects {
+                let mut broken = Vec::new();
+                for (project, (service, hash)) in self.leftovers(&docker).await {
                     match hash.filter(|_| self.configured.contains(&service)) {
                         Some(hash) => {
                             adoptable.insert(project, hash);
                         }
-                        None => {
-                            tracing::info!(%project, "bringing down a compose project an earlier nanny left that no service adopts");
-                            if let Err(error) = cli.down(&project, CLEAN_UP_GRACE).await {
-                                tracing::warn!(%project, "compose down failed: {error}");
-                            }
-                        }
+                        None => broken.push(project),
                     }
                 }
-                *lock(&self.adoptable) = adoptable;
-                tokio::spawn(bring_down_unclaimed(Arc::downgrade(self), cli.clone()));
-                Ok::<_, String>(docker)
+                if !adoptable.is_empty() {
+                    *lock(&self.adoptable) = adoptable;
+                    tokio::spawn(bring_down_unclaimed(Arc::downgrade(self)));
+                }
+                self.bring_down(broken, "an earlier nanny left that no service adopts")
+                    .await;
             })
-            .await
-            .cloned()
+            .await;
+        Ok(docker)
+    }
+
+    /// Brings `projects` down, saying `why` each goes.
+    async fn bring_down(&self, projects: Vec<String>, why: &str) {
+        if projects.is_empty() {
+            return;
+        }
+        let cli = match self.cli().await {
+            Ok(cli) => cli,
+            Err(error) => {
+                tracing::warn!("cannot bring down compose projects {projects:?}: {error}");
+                return;
+            }
+        };
+        for project in projects {
+            tracing::info!(%project, "bringing down a compose project {why}");
+            if let Err(error) = cli.down(&project, CLEAN_UP_GRACE).await {
+                tracing::warn!(%project, "compose down failed: {error}");
+            }
+        }
     }
 
     /// This instance's projects, by name: their service, and the
@@ -458,12 +492,10 @@ impl Composer {
         projects
     }
 
-    /// Sorts out what an earlier run left, where compose and an engine are
-    /// here (nothing to do where they are not).
+    /// Sorts out what an earlier run left, where an engine answers (nothing
+    /// to do where none does).
     pub async fn sweep(self: &Arc<Self>) {
-        if let Ok(cli) = self.cli().await {
-            let _ = self.engine(&cli).await;
-        }
+        let _ = self.engine().await;
     }
 
     /// Brings up `spec`'s project (or adopts it, when an earlier nanny left it
@@ -474,7 +506,7 @@ impl Composer {
         lines: LineSink,
     ) -> Result<ComposeHandle, LaunchError> {
         let cli = self.cli().await.map_err(LaunchError::Fatal)?;
-        let docker = self.engine(&cli).await.map_err(LaunchError::Fatal)?;
+        let docker = self.engine().await.map_err(LaunchError::Fatal)?;
         let project = project_name(&self.instance, &spec.service);
         let mut config = cli.command(&project, &spec.env);
         config
@@ -508,10 +540,6 @@ impl Composer {
             }
             let mut up = cli.command(&project, &spec.env);
             up.args(ComposeCli::project_args(&spec));
-            if spec.files.is_empty() {
-                // `-f -` replaces the file compose would find: name it.
-                up.args(["-f", &default_file(&spec)]);
-            }
             up.args(["-f", "-", "up", "-d", "--remove-orphans"]);
             let overlay = override_file(
                 &spec,
@@ -554,13 +582,12 @@ pub const FILE_NAMES: [&str; 4] = [
 ];
 
 /// The file compose would pick in the project directory by itself.
-fn default_file(spec: &ComposeSpec) -> String {
-    let found = FILE_NAMES
+fn default_file(spec: &ComposeSpec) -> PathBuf {
+    let name = FILE_NAMES
         .iter()
-        .map(|name| spec.project_dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| spec.project_dir.join(FILE_NAMES[0]));
-    found.to_string_lossy().into_owned()
+        .find(|name| spec.project_dir.join(name).is_file())
+        .unwrap_or(&FILE_NAMES[0]);
+    PathBuf::from(name)
 }
 
 /// Follows every container of `project` into `lines` (prefixed with its name
@@ -679,18 +706,15 @@ async fn follow_newcomers(
 }
 
 /// Projects an earlier run left that no launch adopted in time go.
-async fn bring_down_unclaimed(composer: std::sync::Weak<Composer>, cli: ComposeCli) {
+async fn bring_down_unclaimed(composer: std::sync::Weak<Composer>) {
     tokio::time::sleep(UNCLAIMED_AFTER).await;
     let Some(composer) = composer.upgrade() else {
         return;
     };
     let unclaimed: Vec<String> = lock(&composer.adoptable).drain().map(|(p, _)| p).collect();
-    for project in unclaimed {
-        tracing::info!(%project, "bringing down a compose project no service adopted");
-        if let Err(error) = cli.down(&project, CLEAN_UP_GRACE).await {
-            tracing::warn!(%project, "compose down failed: {error}");
-        }
-    }
+    composer
+        .bring_down(unclaimed, "no service adopted in time")
+        .await;
 }
 
 #[cfg(test)]

@@ -279,26 +279,26 @@ impl Runner {
             }),
             Launch::Compose(compose) => {
                 // Compose interpolates the files from this environment, so the
-                // GPU lease and the address reach every service that asks.
-                let mut env = with_extra(&compose.env);
-                env.retain(|(key, _)| {
-                    !matches!(
-                        key.as_str(),
-                        "NVIDIA_VISIBLE_DEVICES" | "NANNY_GPUS" | "NANNY_HOST" | "NANNY_PORT"
-                    )
-                });
-                let lease = if gpus.is_empty() {
+                // GPU lease and the address reach every service that asks;
+                // nanny's values win over the plan's.
+                let lease = gpus.join(",");
+                let ours = [
                     // No lease: no GPU is visible (`all` would be every one).
-                    "none".to_string()
-                } else {
-                    gpus.join(",")
-                };
-                env.extend([
-                    ("NVIDIA_VISIBLE_DEVICES".to_string(), lease),
-                    ("NANNY_GPUS".to_string(), gpus.join(",")),
-                    ("NANNY_HOST".to_string(), service.host.clone()),
-                    ("NANNY_PORT".to_string(), service.port.to_string()),
-                ]);
+                    (
+                        "NVIDIA_VISIBLE_DEVICES",
+                        if lease.is_empty() {
+                            "none".into()
+                        } else {
+                            lease.clone()
+                        },
+                    ),
+                    ("NANNY_GPUS", lease),
+                    ("NANNY_HOST", service.host.clone()),
+                    ("NANNY_PORT", service.port.to_string()),
+                ];
+                let mut env = with_extra(&compose.env);
+                env.retain(|(key, _)| !ours.iter().any(|(name, _)| name == key));
+                env.extend(ours.map(|(name, value)| (name.to_string(), value)));
                 let folder = compose
                     .work_dir
                     .as_ref()

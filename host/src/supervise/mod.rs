@@ -315,7 +315,7 @@ impl Supervisor {
     ) -> Result<Self, SuperviseError> {
         let containers = Containers::new(options.instance.clone());
         let configured = specs.iter().map(|spec| spec.service.name.clone()).collect();
-        let compose = Composer::new(options.instance.clone(), configured);
+        let compose = Composer::new(options.instance.clone(), configured, containers.clone());
         if options.containers_at_start {
             let containers = containers.clone();
             tokio::spawn(async move { containers.engine().await });
